@@ -1,0 +1,45 @@
+"""clip_service settings (flags and ANYANOMALY_CLIP_* environment variables)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.common.config import ServerSettings, load_settings, setting
+
+ENV_PREFIX = "ANYANOMALY_CLIP"
+DEFAULT_PORT = 50051
+
+
+@dataclass
+class ClipSettings(ServerSettings):
+    port: int = setting(DEFAULT_PORT, "port to bind; 0 picks a free port (the bound port is logged)")
+    models: str = setting(
+        "default",
+        "model profile: 'default' loads real weights (model-name/pretrained or weights); "
+        "'tiny' builds a tiny random-weight CLIP in code (tests, smoke runs; meaningless scores); "
+        "'random' is the full architecture with random weights (benchmarks)",
+        choices=("default", "tiny", "random"),
+    )
+    model_name: str = setting("ViT-B-32-quickgelu", "open_clip architecture")
+    pretrained: str = setting("openai", "open_clip pretrained tag, looked up in the open_clip / Hugging Face cache")
+    weights: str = setting("", "local weights file (open_clip checkpoint or OpenAI .pt); overrides --pretrained")
+    cache_dir: str = setting("", "open_clip / Hugging Face cache folder (default: the library's own)")
+    offline: bool = setting(False, "never try to download weights (air-gapped sites); fail fast if not cached")
+    device: str = setting("auto", "where to run: auto (CUDA with fp16 when present), cpu, cuda", choices=(
+        "auto", "cpu", "cuda"))
+    max_batch_size: int = setting(64, "most images in one CLIP forward pass")
+    max_wait_ms: float = setting(5.0, "how long a batch waits for more concurrent requests")
+    max_queued_images: int = setting(8192, "images waiting for the model before requests get RESOURCE_EXHAUSTED")
+    text_cache_size: int = setting(4096, "text embeddings kept in the LRU cache")
+    max_image_pixels: int = setting(3840 * 2160, "largest image accepted, in pixels")
+    max_images_per_request: int = setting(1024, "most images in one request")
+    max_windows_per_request: int = setting(16384, "most window crops in one EmbedImages request")
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ClipSettings:
+    return load_settings(
+        ClipSettings, argv, ENV_PREFIX,
+        "clip_service: CLIP text/image embeddings and key-frame selection over gRPC.", env,
+        prog="python -m services.clip_service",
+    )

@@ -1,0 +1,207 @@
+"""clip_service logic without gRPC: validation, text cache, batching, key frames."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import torch
+
+from services.clip_service.config import ClipSettings
+from services.clip_service.ksm import MIN_FRAMES, Strategy, select_key_frames
+from services.clip_service.model import ClipInfo, ClipModel, load_clip
+from services.clip_service.preprocess import Mode, Preprocessor
+from services.clip_service.templates import WINCLIP_TEMPLATES, fill_templates
+from services.common.batching import MicroBatcher
+from services.common.errors import InvalidInput, NotReady
+from services.common.images import decode_image
+from services.common.validation import validate_texts
+from services.common.windows import WindowGrid, layout_grids
+
+log = logging.getLogger("anyanomaly.clip")
+
+
+class TextEncoding(Enum):
+    RAW = "raw"
+    TEMPLATE_ENSEMBLE = "template_ensemble"
+
+
+@dataclass(frozen=True)
+class ImageEmbeddings:
+    embeddings: np.ndarray  # (num_images, D), or (num_images, num_windows, D) with windows
+    grids: list[WindowGrid]
+
+
+@dataclass(frozen=True)
+class Selection:
+    text: str
+    representative: int
+    key_frames: tuple[int, int, int, int]
+    similarities: np.ndarray  # (N,)
+
+
+def _normalize_rows(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=-1, keepdims=True)
+    return (features / norms).astype(np.float32)
+
+
+class ClipEngine:
+    def __init__(self, settings: ClipSettings) -> None:
+        self.settings = settings
+        # All model work runs on this one thread; the batcher keeps it busy with full batches.
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clip-model")
+        self._model: ClipModel | None = None
+        self._preprocessor: Preprocessor | None = None
+        self._batcher: MicroBatcher[torch.Tensor, np.ndarray] | None = None
+        self._text_cache: OrderedDict[tuple[TextEncoding, str], np.ndarray] = OrderedDict()
+
+    # -- life cycle -----------------------------------------------------------------
+    async def load(self) -> None:
+        model = await asyncio.get_running_loop().run_in_executor(self._executor, load_clip, self.settings)
+        self._preprocessor = Preprocessor(model.image_size, model.mean, model.std)
+        self._batcher = MicroBatcher(
+            self._encode_batch,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_wait_ms / 1000,
+            executor=self._executor,
+            max_queued_rows=self.settings.max_queued_images,
+        )
+        self._model = model
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def model(self) -> ClipModel:
+        if self._model is None:
+            raise NotReady("clip_service is still loading its model; retry shortly")
+        return self._model
+
+    @property
+    def info(self) -> ClipInfo:
+        return self.model.info
+
+    @property
+    def batcher(self) -> MicroBatcher[torch.Tensor, np.ndarray]:
+        if self._batcher is None:
+            raise NotReady("clip_service is still loading its model; retry shortly")
+        return self._batcher
+
+    def _encode_batch(self, rows: list[torch.Tensor]) -> list[np.ndarray]:
+        embeddings = self.model.encode_images(torch.stack(rows))
+        return list(embeddings)
+
+    # -- texts ----------------------------------------------------------------------
+    async def embed_texts(self, texts: Sequence[str], encoding: TextEncoding) -> np.ndarray:
+        """(k, D) L2-normalised embeddings; cached per (encoding, text)."""
+        texts = validate_texts(texts)
+        found = {t: self._text_cache[(encoding, t)] for t in texts if (encoding, t) in self._text_cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            computed = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._compute_texts, missing, encoding
+            )
+            found.update(zip(missing, computed, strict=True))
+        for text, vector in found.items():
+            self._remember(encoding, text, vector)
+        return np.stack([found[text] for text in texts])
+
+    def _compute_texts(self, texts: list[str], encoding: TextEncoding) -> np.ndarray:
+        if encoding is TextEncoding.RAW:
+            return _normalize_rows(self.model.encode_texts(texts))
+        prompts = [prompt for text in texts for prompt in fill_templates(text)]
+        features = self.model.encode_texts(prompts).reshape(len(texts), len(WINCLIP_TEMPLATES), -1)
+        # Mean of the un-normalised template features, then normalised (as the reference).
+        return _normalize_rows(features.mean(axis=1))
+
+    def _remember(self, encoding: TextEncoding, text: str, vector: np.ndarray) -> None:
+        self._text_cache[(encoding, text)] = vector
+        self._text_cache.move_to_end((encoding, text))
+        while len(self._text_cache) > max(1, self.settings.text_cache_size):
+            self._text_cache.popitem(last=False)
+
+    # -- images ---------------------------------------------------------------------
+    def _decode_all(self, images: Sequence[bytes], what: str) -> list[np.ndarray]:
+        if not images:
+            raise InvalidInput(f"no {what} given")
+        if len(images) > self.settings.max_images_per_request:
+            raise InvalidInput(
+                f"{len(images)} {what} in one request; the limit is {self.settings.max_images_per_request}"
+            )
+        return [
+            decode_image(data, f"{what}[{i}]", self.settings.max_image_pixels) for i, data in enumerate(images)
+        ]
+
+    def _prepare_images(self, images: Sequence[bytes], mode: Mode) -> list[torch.Tensor]:
+        assert self._preprocessor is not None
+        return [self._preprocessor.image(rgb, mode) for rgb in self._decode_all(images, "images")]
+
+    def _prepare_windows(
+        self, images: Sequence[bytes], mode: Mode, specs: Sequence[tuple[int, int]]
+    ) -> tuple[list[torch.Tensor], list[WindowGrid]]:
+        assert self._preprocessor is not None
+        if mode is Mode.CENTER_CROP:
+            raise InvalidInput("window crops are squashed, not centre-cropped: use PREPROCESS_SQUASH or "
+                               "PREPROCESS_SQUASH_NORMALIZED with windows")
+        decoded = self._decode_all(images, "images")
+        sizes = {rgb.shape[:2] for rgb in decoded}
+        if len(sizes) > 1:
+            raise InvalidInput(f"images cut into windows must all have the same size, got {sorted(sizes)}")
+        height, width = decoded[0].shape[:2]
+        grids = layout_grids(specs, height, width)
+        total = sum(g.count for g in grids) * len(decoded)
+        if total > self.settings.max_windows_per_request:
+            raise InvalidInput(f"{total} window crops requested; the limit is "
+                               f"{self.settings.max_windows_per_request} per request")
+        rows = [window for rgb in decoded for window in self._preprocessor.windows(rgb, grids, mode)]
+        return rows, grids
+
+    async def embed_images(
+        self, images: Sequence[bytes], mode: Mode, windows: Sequence[tuple[int, int]] = ()
+    ) -> ImageEmbeddings:
+        batcher = self.batcher
+        if windows:
+            rows, grids = await asyncio.to_thread(self._prepare_windows, images, mode, windows)
+            embeddings = np.stack(await batcher.submit(rows))
+            per_image = sum(g.count for g in grids)
+            return ImageEmbeddings(embeddings.reshape(len(images), per_image, -1), grids)
+        rows = await asyncio.to_thread(self._prepare_images, images, mode)
+        return ImageEmbeddings(np.stack(await batcher.submit(rows)), [])
+
+    # -- key frames -----------------------------------------------------------------
+    async def select_key_frames(
+        self,
+        frames: Sequence[bytes],
+        texts: Sequence[str],
+        strategy: Strategy = Strategy.CLIP_THEN_GROUPING,
+        seed: int = 0,
+        mode: Mode = Mode.CENTER_CROP,
+    ) -> list[Selection]:
+        """Key frames for every text from ONE embedding pass over the segment's frames."""
+        if not frames:
+            raise InvalidInput("no frames given: send the N frames of a segment")
+        if len(frames) < MIN_FRAMES:
+            raise InvalidInput(
+                f"{len(frames)} frames given; the key-frame rule needs at least {MIN_FRAMES} "
+                "(it picks one frame in each quarter of the segment)"
+            )
+        texts = validate_texts(texts)
+        text_vectors, frame_vectors = await asyncio.gather(
+            self.embed_texts(texts, TextEncoding.RAW),
+            self.embed_images(frames, mode),
+        )
+        similarities = frame_vectors.embeddings @ text_vectors.T  # (N, k) cosines
+        selections = []
+        for index, text in enumerate(texts):
+            column = np.ascontiguousarray(similarities[:, index])
+            chosen = select_key_frames(column, strategy, seed)
+            selections.append(Selection(text, chosen.representative, chosen.key_frames, column))
+        return selections

@@ -1,0 +1,113 @@
+"""ClipService servicer: protobuf <-> ClipEngine, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
+
+from services.clip_service.config import ClipSettings
+from services.clip_service.engine import ClipEngine, TextEncoding
+from services.clip_service.ksm import Strategy
+from services.clip_service.preprocess import Mode
+from services.common.errors import InvalidInput
+from services.common.server import RpcContext, ServiceSpec
+from services.common.tensors import to_tensor
+
+T = TypeVar("T")
+
+SERVICE_NAME = clip_pb2.DESCRIPTOR.services_by_name["ClipService"].full_name
+
+_ENCODINGS = {
+    clip_pb2.TEXT_ENCODING_UNSPECIFIED: TextEncoding.RAW,
+    clip_pb2.TEXT_ENCODING_RAW: TextEncoding.RAW,
+    clip_pb2.TEXT_ENCODING_TEMPLATE_ENSEMBLE: TextEncoding.TEMPLATE_ENSEMBLE,
+}
+_MODES = {
+    clip_pb2.PREPROCESS_UNSPECIFIED: Mode.CENTER_CROP,
+    clip_pb2.PREPROCESS_CENTER_CROP: Mode.CENTER_CROP,
+    clip_pb2.PREPROCESS_SQUASH: Mode.SQUASH,
+    clip_pb2.PREPROCESS_SQUASH_NORMALIZED: Mode.SQUASH_NORMALIZED,
+}
+STRATEGIES = {
+    common_pb2.KEY_FRAME_STRATEGY_UNSPECIFIED: Strategy.CLIP_THEN_GROUPING,
+    common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING: Strategy.CLIP_THEN_GROUPING,
+    common_pb2.KEY_FRAME_STRATEGY_RANDOM: Strategy.RANDOM,
+    common_pb2.KEY_FRAME_STRATEGY_CLIP_TOP4: Strategy.CLIP_TOP4,
+    common_pb2.KEY_FRAME_STRATEGY_GROUPING_THEN_CLIP: Strategy.GROUPING_THEN_CLIP,
+}
+
+
+def _lookup(table: Mapping[Any, T], value: int, what: str) -> T:
+    if value not in table:
+        raise InvalidInput(f"unknown {what} value {value}")
+    return table[value]
+
+
+class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
+    def __init__(self, engine: ClipEngine) -> None:
+        self._engine = engine
+
+    async def EmbedTexts(
+        self, request: clip_pb2.EmbedTextsRequest, context: RpcContext
+    ) -> clip_pb2.EmbedTextsResponse:
+        encoding = _lookup(_ENCODINGS, request.encoding, "text encoding")
+        vectors = await self._engine.embed_texts(list(request.texts), encoding)
+        return clip_pb2.EmbedTextsResponse(embeddings=to_tensor(vectors))
+
+    async def EmbedImages(
+        self, request: clip_pb2.EmbedImagesRequest, context: RpcContext
+    ) -> clip_pb2.EmbedImagesResponse:
+        mode = _lookup(_MODES, request.preprocess, "preprocess")
+        windows = [(w.size, w.stride) for w in request.windows]
+        result = await self._engine.embed_images(
+            [image.data for image in request.images], mode, windows
+        )
+        layouts = [
+            clip_pb2.WindowLayout(size=g.size, stride=g.stride, rows=g.rows, cols=g.cols, offset=g.offset)
+            for g in result.grids
+        ]
+        return clip_pb2.EmbedImagesResponse(embeddings=to_tensor(result.embeddings), layouts=layouts)
+
+    async def SelectKeyFrames(
+        self, request: clip_pb2.SelectKeyFramesRequest, context: RpcContext
+    ) -> clip_pb2.SelectKeyFramesResponse:
+        strategy = _lookup(STRATEGIES, request.strategy, "key-frame strategy")
+        mode = _lookup(_MODES, request.preprocess, "preprocess")
+        selections = await self._engine.select_key_frames(
+            [frame.data for frame in request.frames], list(request.texts),
+            strategy, request.seed, mode,
+        )
+        return clip_pb2.SelectKeyFramesResponse(
+            selections=[
+                clip_pb2.KeyFrameSelection(
+                    text=s.text,
+                    representative=s.representative,
+                    key_frames=list(s.key_frames),
+                    similarities=s.similarities.tolist(),
+                )
+                for s in selections
+            ]
+        )
+
+    async def GetModelInfo(
+        self, request: common_pb2.GetModelInfoRequest, context: RpcContext
+    ) -> common_pb2.ModelInfo:
+        info = self._engine.info
+        return common_pb2.ModelInfo(
+            name=info.name, weights=info.weights, device=info.device, dtype=info.dtype,
+            random_weights=info.random_weights, embed_dim=info.embed_dim, image_size=info.image_size,
+        )
+
+
+def build_service(settings: ClipSettings, engine: ClipEngine | None = None) -> tuple[ServiceSpec, ClipEngine]:
+    engine = engine or ClipEngine(settings)
+    spec = ServiceSpec(
+        name="clip_service",
+        service_names=[SERVICE_NAME],
+        register=lambda server: clip_pb2_grpc.add_ClipServiceServicer_to_server(ClipServicer(engine), server),
+        start=engine.load,
+        stop=engine.close,
+    )
+    return spec, engine

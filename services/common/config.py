@@ -1,0 +1,120 @@
+"""Settings from environment variables and command-line flags.
+
+A service's settings are a dataclass whose fields are declared with `setting()`.
+`load_settings()` builds an argparse parser from it: every field becomes a flag
+(`--max-batch-size`) whose default comes from an environment variable
+(`ANYANOMALY_CLIP_MAX_BATCH_SIZE`) when set, else from the field's default.
+Flags win over the environment, which wins over defaults. `--help` lists all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+def setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:
+    """Declare a settings field with its help text (and optional choices)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass
+class ServerSettings:
+    """Settings every gRPC service shares."""
+
+    host: str = setting("0.0.0.0", "address to bind")
+    port: int = setting(0, "port to bind; 0 picks a free port (the bound port is logged)")
+    port_file: str = setting("", "write the bound port to this file once listening (for launchers)")
+    max_message_mb: int = setting(64, "largest request or response message in MiB")
+    max_concurrent_rpcs: int = setting(64, "RPCs served at once; more are refused with RESOURCE_EXHAUSTED")
+    grace_seconds: float = setting(30.0, "on SIGTERM, how long in-flight RPCs may take to finish")
+    metrics_port: int = setting(0, "serve Prometheus metrics on this port; 0 disables")
+    log_level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = setting("json", "log line format", choices=("json", "text"))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_name(prefix: str, name: str) -> str:
+    return f"{prefix}_{name.upper()}"
+
+
+def _base_type(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
+    """The scalar type of a field annotation and, for Literal[...], its choices."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        values = typing.get_args(annotation)
+        return type(values[0]), tuple(str(v) for v in values)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    return annotation, None
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def build_parser(
+    cls: type[T], env_prefix: str, description: str, env: Mapping[str, str] | None = None, prog: str | None = None
+) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"Every flag can also be set by an environment variable {env_prefix}_<FLAG_NAME> "
+        "(upper case, '-' as '_'); flags override the environment.",
+    )
+    hints = typing.get_type_hints(cls, include_extras=False)
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind, literal_choices = _base_type(hints[field.name])
+        choices = field.metadata.get("choices") or literal_choices
+        env_name = _env_name(env_prefix, field.name)
+        default = field.default
+        if env_name in env:
+            raw = env[env_name]
+            try:
+                default = _parse_bool(raw) if kind is bool else kind(raw)
+            except ValueError as exc:
+                parser.error(f"environment variable {env_name}={raw!r} is invalid: {exc}")
+        help_text = f"{field.metadata.get('help', '')} [env {env_name}]"
+        if kind is bool:
+            parser.add_argument(
+                _flag(field.name), dest=field.name, action=argparse.BooleanOptionalAction,
+                default=default, help=help_text,
+            )
+        else:
+            parser.add_argument(
+                _flag(field.name), dest=field.name, type=kind, default=default,
+                choices=list(choices) if choices else None, help=help_text,
+            )
+    return parser
+
+
+def load_settings(
+    cls: type[T],
+    argv: Sequence[str] | None,
+    env_prefix: str,
+    description: str,
+    env: Mapping[str, str] | None = None,
+    prog: str | None = None,
+) -> T:
+    """Parse flags (and the environment) into an instance of the settings dataclass."""
+    parser = build_parser(cls, env_prefix, description, env, prog)
+    namespace = parser.parse_args(argv)
+    return cls(**vars(namespace))

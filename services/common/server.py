@@ -1,0 +1,151 @@
+"""The one server bootstrap every service uses.
+
+`start_server()` binds a grpc.aio server with the service's servicers, standard
+health checking (NOT_SERVING until the service's `start` hook has finished, e.g.
+loaded its model), server reflection, message-size and concurrency limits and the
+error-mapping interceptor. `serve()` runs it until SIGTERM/SIGINT, then drains:
+health goes NOT_SERVING, new RPCs are refused, in-flight RPCs get `grace_seconds`
+to finish, then the service's `stop` hook runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from services.common.config import ServerSettings
+from services.common.errors import ModelLoadError
+from services.common.interceptors import ServiceInterceptor
+
+log = logging.getLogger("anyanomaly.server")
+
+# The context every async servicer method receives.
+RpcContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class ServiceSpec:
+    """What a service contributes to the shared runtime."""
+
+    name: str  # for logs and metrics, e.g. "clip_service"
+    service_names: Sequence[str]  # full gRPC names, e.g. "anyanomaly.v1.ClipService"
+    register: Callable[[grpc.aio.Server], None]  # adds the servicers
+    start: Callable[[], Awaitable[None]] = field(default=_nothing)  # e.g. load the model
+    stop: Callable[[], Awaitable[None]] = field(default=_nothing)  # release resources
+
+
+class RunningServer:
+    """A started server; ready once the service's start hook has completed."""
+
+    def __init__(self, spec: ServiceSpec, server: grpc.aio.Server, health: HealthServicer, port: int) -> None:
+        self.spec, self.server, self.health, self.port = spec, server, health, port
+        self.ready_task: asyncio.Task[None] = asyncio.create_task(self._become_ready())
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _become_ready(self) -> None:
+        await self.spec.start()
+        for name in ("", *self.spec.service_names):
+            await self.health.set(name, SERVING)
+        log.info("ready", extra={"port": self.port})
+
+    async def until_ready(self) -> None:
+        await asyncio.shield(self.ready_task)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting RPCs, give in-flight ones `grace` seconds, then release resources."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"grace_seconds": grace})
+        await self.server.stop(grace)
+        if not self.ready_task.done():
+            self.ready_task.cancel()
+        await asyncio.gather(self.ready_task, return_exceptions=True)
+        await self.spec.stop()
+        log.info("stopped")
+
+
+def server_options(max_message_mb: int) -> list[tuple[str, int]]:
+    size = max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
+    ]
+
+
+async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningServer:
+    """Bind and start the server; readiness follows asynchronously (see RunningServer)."""
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(spec.name)],
+        options=server_options(settings.max_message_mb),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+    )
+    spec.register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", *spec.service_names):
+        await health.set(name, NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind {settings.host}:{settings.port}: {exc}; choose another --port") from exc
+    await server.start()
+    log.info("listening", extra={"host": settings.host, "port": port})
+    if settings.port_file:
+        Path(settings.port_file).write_text(f"{port}\n")
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+        log.info("metrics", extra={"metrics_port": settings.metrics_port})
+    return RunningServer(spec, server, health, port)
+
+
+async def serve(spec: ServiceSpec, settings: ServerSettings) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit code."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    running = await start_server(spec, settings)
+    stop_wait = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({running.ready_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if running.ready_task.done() and running.ready_task.exception() is not None:
+        error = running.ready_task.exception()
+        if isinstance(error, ModelLoadError):
+            log.error(str(error))
+        else:
+            log.error("start-up failed", exc_info=error)
+        stop_wait.cancel()
+        await running.shutdown(0)
+        return 2
+    await stop_wait
+    log.info("stop requested")
+    await running.shutdown(settings.grace_seconds)
+    return 0

@@ -1,0 +1,26 @@
+"""Input checks shared by services, with messages a caller can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.common.errors import InvalidInput
+
+MAX_TEXT_CHARS = 300
+MAX_TEXTS = 256
+
+
+def validate_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
+    """Texts are used verbatim (underscores and case kept), but must be non-blank and short."""
+    if not texts:
+        raise InvalidInput(f"no {what} given: send at least one anomaly text, e.g. 'bicycle'")
+    if len(texts) > MAX_TEXTS:
+        raise InvalidInput(f"{len(texts)} {what} given; at most {MAX_TEXTS} per request")
+    for position, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidInput(f"{what}[{position}] is empty; every text must name an anomaly")
+        if len(text) > MAX_TEXT_CHARS:
+            raise InvalidInput(
+                f"{what}[{position}] has {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
+            )
+    return list(texts)

@@ -1,0 +1,50 @@
+"""The calls context_service makes to clip_service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
+
+from services.common.clients import dependency_error, open_channel
+from services.common.tensors import from_tensor
+from services.common.windows import WindowGrid
+
+
+class ClipClient:
+    def __init__(self, address: str, timeout_seconds: float, max_message_mb: int = 64) -> None:
+        self.address = address
+        self._timeout = timeout_seconds
+        self._channel = open_channel(address, max_message_mb, default_timeout=timeout_seconds)
+        self._stub = clip_pb2_grpc.ClipServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def embed_windows(
+        self, images: Sequence[bytes], specs: Sequence[tuple[int, int]], normalize: bool
+    ) -> tuple[np.ndarray, list[WindowGrid]]:
+        """(num_images, L, D) window embeddings and the grid layouts."""
+        request = clip_pb2.EmbedImagesRequest(
+            images=[common_pb2.Image(data=data) for data in images],
+            preprocess=clip_pb2.PREPROCESS_SQUASH_NORMALIZED if normalize else clip_pb2.PREPROCESS_SQUASH,
+            windows=[clip_pb2.WindowGrid(size=size, stride=stride) for size, stride in specs],
+        )
+        try:
+            response = await self._stub.EmbedImages(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("clip_service", error) from error
+        grids = [WindowGrid(g.size, g.stride, g.rows, g.cols, g.offset) for g in response.layouts]
+        return from_tensor(response.embeddings), grids
+
+    async def embed_texts(self, texts: Sequence[str], template_ensemble: bool) -> np.ndarray:
+        encoding = clip_pb2.TEXT_ENCODING_TEMPLATE_ENSEMBLE if template_ensemble else clip_pb2.TEXT_ENCODING_RAW
+        try:
+            response = await self._stub.EmbedTexts(
+                clip_pb2.EmbedTextsRequest(texts=list(texts), encoding=encoding), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("clip_service", error) from error
+        return from_tensor(response.embeddings)

@@ -1,0 +1,175 @@
+"""context_service logic without gRPC: validate, decode once, embed all window crops
+in one clip_service call, then build every text's position and temporal context."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from services.common.errors import InvalidInput, NotReady
+from services.common.images import decode_image, encode_png
+from services.common.validation import validate_texts
+from services.common.windows import WindowGrid
+from services.context_service.config import ContextSettings
+from services.context_service.grid import compose_grid, locate, select_position
+from services.context_service.params import GRID_SIZE, OUTPUT_SIZE, ContextParams
+from services.context_service.winclip import attention_map, class_list, minmax, position_context
+
+
+class WindowEmbedder(Protocol):
+    async def embed_windows(
+        self, images: Sequence[bytes], specs: Sequence[tuple[int, int]], normalize: bool
+    ) -> tuple[np.ndarray, list[WindowGrid]]: ...
+
+    async def embed_texts(self, texts: Sequence[str], template_ensemble: bool) -> np.ndarray: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    key_frames: tuple[int, ...]  # 4 indices into the request's frames
+    representative: int
+
+
+@dataclass(frozen=True)
+class GridChoice:
+    candidate: int
+    window_size: int
+    row: int
+    col: int
+    score: float
+
+
+@dataclass(frozen=True)
+class TextContext:
+    text: str
+    position_png: bytes
+    temporal_png: bytes
+    grid_choice: GridChoice
+    attention_map: np.ndarray | None  # (224, 224) min-max normalised, when requested
+
+
+@dataclass(frozen=True)
+class _Frame:
+    squashed: np.ndarray  # 240x240 RGB uint8 (cv2 bilinear, aspect not kept)
+    resized: np.ndarray  # 224x224 RGB uint8, the base of the position context
+
+
+class ContextEngine:
+    def __init__(self, settings: ContextSettings, clip: WindowEmbedder | None = None) -> None:
+        self.settings = settings
+        self._clip = clip
+
+    def attach(self, clip: WindowEmbedder) -> None:
+        self._clip = clip
+
+    async def close(self) -> None:
+        if self._clip is not None:
+            await self._clip.close()
+
+    @property
+    def clip(self) -> WindowEmbedder:
+        if self._clip is None:
+            raise NotReady("context_service is starting; retry shortly")
+        return self._clip
+
+    def _validate(self, frames: Sequence[bytes], queries: Sequence[Query]) -> list[int]:
+        """Check the request; return the frame indices the queries use, sorted."""
+        if not frames:
+            raise InvalidInput("no frames given: send the key frames the queries refer to")
+        if len(frames) > self.settings.max_frames_per_request:
+            raise InvalidInput(f"{len(frames)} frames in one request; the limit is "
+                               f"{self.settings.max_frames_per_request}")
+        if not queries:
+            raise InvalidInput("no queries given: send at least one text with its 4 key frames")
+        if len(queries) > self.settings.max_queries_per_request:
+            raise InvalidInput(f"{len(queries)} queries in one request; the limit is "
+                               f"{self.settings.max_queries_per_request}")
+        validate_texts([q.text for q in queries], "query texts")
+        used: set[int] = set()
+        for position, query in enumerate(queries):
+            if len(query.key_frames) != 4:
+                raise InvalidInput(f"queries[{position}] ({query.text!r}) has {len(query.key_frames)} key frames; "
+                                   "the temporal context needs exactly 4")
+            for index in (*query.key_frames, query.representative):
+                if not 0 <= index < len(frames):
+                    raise InvalidInput(f"queries[{position}] ({query.text!r}) refers to frame {index}, but only "
+                                       f"{len(frames)} frames were sent (indices 0..{len(frames) - 1})")
+            used.update(query.key_frames)
+            used.add(query.representative)
+        return sorted(used)
+
+    def _prepare(self, frames: Sequence[bytes], used: Sequence[int]) -> tuple[dict[int, _Frame], list[bytes]]:
+        prepared: dict[int, _Frame] = {}
+        for index in used:
+            rgb = decode_image(frames[index], f"frames[{index}]", self.settings.max_image_pixels)
+            prepared[index] = _Frame(
+                squashed=cv2.resize(rgb, (GRID_SIZE, GRID_SIZE), interpolation=cv2.INTER_LINEAR),
+                resized=cv2.resize(rgb, (OUTPUT_SIZE, OUTPUT_SIZE), interpolation=cv2.INTER_LINEAR),
+            )
+        # Lossless, so clip_service cuts windows from exactly these pixels.
+        return prepared, [encode_png(prepared[i].squashed) for i in used]
+
+    async def build(
+        self, frames: Sequence[bytes], queries: Sequence[Query], class_names: Sequence[str], params: ContextParams
+    ) -> tuple[list[TextContext], list[str]]:
+        used = self._validate(frames, queries)
+        if class_names:
+            validate_texts(class_names, "class names")
+        prepared, pngs = await asyncio.to_thread(self._prepare, frames, used)
+        texts = list(dict.fromkeys(q.text for q in queries))
+        classes = class_list(params.preset.class_names, class_names, texts)
+        # Everything CLIP must see for this request, in three concurrent calls:
+        # all windows of all used frames (one batched call), the class matrix, the raw texts.
+        (windows, grids), class_matrix, text_vectors = await asyncio.gather(
+            self.clip.embed_windows(pngs, params.window_specs, params.choices.normalize_windows),
+            self.clip.embed_texts(classes, template_ensemble=True),
+            self.clip.embed_texts(texts, template_ensemble=False),
+        )
+        row_of = {index: row for row, index in enumerate(used)}
+        results = await asyncio.to_thread(
+            self._compose_all, queries, prepared, row_of, windows, grids, classes, class_matrix,
+            dict(zip(texts, text_vectors, strict=True)), params,
+        )
+        return results, classes
+
+    def _compose_all(
+        self,
+        queries: Sequence[Query],
+        prepared: dict[int, _Frame],
+        row_of: dict[int, int],
+        windows: np.ndarray,
+        grids: list[WindowGrid],
+        classes: list[str],
+        class_matrix: np.ndarray,
+        text_vectors: dict[str, np.ndarray],
+        params: ContextParams,
+    ) -> list[TextContext]:
+        results = []
+        for query in queries:
+            score_map = attention_map(
+                windows[row_of[query.representative]], grids, class_matrix, classes.index(query.text),
+                params.choices.logit_scale, params.choices.class_adaptive,
+            )
+            mask = minmax(score_map, params.choices.minmax_epsilon)
+            pc = position_context(prepared[query.representative].resized, mask)
+            key_windows = windows[[row_of[k] for k in query.key_frames]]
+            candidate, score = select_position(key_windows, text_vectors[query.text])
+            grid, index = locate(grids, candidate)
+            tc = compose_grid([prepared[k].squashed for k in query.key_frames], grid, index)
+            row, col = divmod(index, grid.cols)
+            results.append(TextContext(
+                text=query.text,
+                position_png=encode_png(pc),
+                temporal_png=encode_png(tc),
+                grid_choice=GridChoice(candidate, grid.size, row, col, score),
+                attention_map=mask if params.include_attention_map else None,
+            ))
+        return results

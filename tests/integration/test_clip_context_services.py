@@ -1,0 +1,135 @@
+"""clip_service and context_service as real gRPC servers on 127.0.0.1 (tiny CLIP),
+exercised through the generated stubs on real Avenue frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
+
+from services.clip_service.engine import ClipEngine
+from services.clip_service.model import TINY_MODEL_NAME
+from services.common.clients import open_channel
+from services.common.images import decode_image
+from services.common.presets import SHTECH_CLASSES
+from services.common.server import RunningServer
+from services.common.tensors import from_tensor
+from tests.helpers import reference
+
+TEXTS = ["running", "bicycle"]
+
+
+def frames_msg(pngs: list[bytes]) -> list[common_pb2.Image]:
+    return [common_pb2.Image(data=p) for p in pngs]
+
+
+async def select(address: str, pngs: list[bytes], texts: list[str]) -> clip_pb2.SelectKeyFramesResponse:
+    async with open_channel(address) as channel:
+        stub = clip_pb2_grpc.ClipServiceStub(channel)
+        return await stub.SelectKeyFrames(clip_pb2.SelectKeyFramesRequest(frames=frames_msg(pngs), texts=texts))
+
+
+def context_request(
+    pngs: list[bytes],
+    selections: clip_pb2.SelectKeyFramesResponse,
+    profile: common_pb2.Profile.ValueType = common_pb2.PROFILE_DEFAULT,
+    preset: str = "shtech",
+) -> context_pb2.BuildContextsRequest:
+    return context_pb2.BuildContextsRequest(
+        frames=frames_msg(pngs),
+        queries=[
+            context_pb2.ContextQuery(text=s.text, key_frames=list(s.key_frames), representative=s.representative)
+            for s in selections.selections
+        ],
+        options=context_pb2.ContextOptions(profile=profile, preset=preset, include_attention_map=True),
+    )
+
+
+async def test_key_frames_for_24_real_frames_and_two_texts(
+    clip_server: tuple[RunningServer, ClipEngine], avenue21_pngs: list[bytes]
+) -> None:
+    running, engine = clip_server
+    before = engine.model.images_encoded
+    response = await select(running.address, avenue21_pngs, TEXTS)
+    assert engine.model.images_encoded - before == 24  # one pass over the frames for both texts
+    assert [s.text for s in response.selections] == TEXTS
+    for selection in response.selections:
+        assert len(selection.similarities) == 24
+        best = int(np.argmax(np.array(selection.similarities, dtype=np.float32)))
+        assert selection.representative == best
+        assert list(selection.key_frames) == [best % 6 + 6 * j for j in range(4)]
+
+
+async def test_key_frames_match_an_independent_reference_computation(
+    clip_server: tuple[RunningServer, ClipEngine], avenue21_frames: list[np.ndarray], avenue21_pngs: list[bytes]
+) -> None:
+    running, engine = clip_server
+    _, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL_NAME, pretrained=None)
+    response = await select(running.address, avenue21_pngs, TEXTS)
+    for selection in response.selections:
+        best, keys = reference.ksm(engine.model, preprocess, avenue21_frames, selection.text)
+        assert (selection.representative, list(selection.key_frames)) == (best, keys)
+
+
+async def test_contexts_are_decodable_224_pngs_with_a_valid_grid_choice(
+    clip_server: tuple[RunningServer, ClipEngine], context_server: RunningServer, avenue21_pngs: list[bytes]
+) -> None:
+    running, engine = clip_server
+    selections = await select(running.address, avenue21_pngs, TEXTS)
+    before = engine.model.images_encoded
+    async with open_channel(context_server.address) as channel:
+        response = await context_pb2_grpc.ContextServiceStub(channel).BuildContexts(
+            context_request(avenue21_pngs, selections)
+        )
+    distinct_frames = {k for s in selections.selections for k in (*s.key_frames, s.representative)}
+    # One batched call: 38 windows (25 + 9 + 4) of each distinct key frame, shared by both texts.
+    assert engine.model.images_encoded - before == 38 * len(distinct_frames)
+    assert list(response.class_names) == list(SHTECH_CLASSES)  # both texts are ShT classes
+    assert [c.text for c in response.contexts] == TEXTS
+    for item in response.contexts:
+        for image in (item.position_context, item.temporal_context):
+            assert image.data.startswith(b"\x89PNG")
+            assert decode_image(image.data).shape == (224, 224, 3)
+        attention = from_tensor(item.attention_map)
+        assert attention.shape == (224, 224) and attention.min() == 0 and attention.max() <= 1
+        assert 0 <= item.grid_position.candidate < 38
+        assert item.grid_position.window_size in (48, 80, 120)
+
+
+async def test_parity_profile_reproduces_the_reference_pc_and_tc(
+    clip_server: tuple[RunningServer, ClipEngine],
+    context_server: RunningServer,
+    avenue21_frames: list[np.ndarray],
+    avenue21_pngs: list[bytes],
+) -> None:
+    running, engine = clip_server
+    selections = await select(running.address, avenue21_pngs, TEXTS)
+    async with open_channel(context_server.address) as channel:
+        response = await context_pb2_grpc.ContextServiceStub(channel).BuildContexts(
+            context_request(avenue21_pngs, selections, profile=common_pb2.PROFILE_PARITY)
+        )
+    sizes = (48, 80, 120)
+    for selection, item in zip(selections.selections, response.contexts, strict=True):
+        key_frames = [avenue21_frames[k] for k in selection.key_frames]
+        candidate, expected_tc = reference.temporal_context(engine.model, key_frames, selection.text, sizes)
+        assert item.grid_position.candidate == candidate
+        tc = decode_image(item.temporal_context.data).astype(int)
+        assert np.abs(tc - expected_tc).max() <= 1
+        expected_pc = reference.position_context(
+            engine.model, avenue21_frames[selection.representative], list(SHTECH_CLASSES), selection.text, sizes
+        )
+        pc_diff = np.abs(decode_image(item.position_context.data).astype(int) - expected_pc)
+        assert pc_diff.max() <= 1 and (pc_diff > 0).mean() < 0.01, (pc_diff.max(), (pc_diff > 0).mean())
+
+
+async def test_avenue_preset_uses_25_9_1_windows_and_its_class_list(
+    clip_server: tuple[RunningServer, ClipEngine], context_server: RunningServer, avenue21_pngs: list[bytes]
+) -> None:
+    running, _ = clip_server
+    selections = await select(running.address, avenue21_pngs, ["running", "stroller"])
+    async with open_channel(context_server.address) as channel:
+        response = await context_pb2_grpc.ContextServiceStub(channel).BuildContexts(
+            context_request(avenue21_pngs, selections, preset="avenue")
+        )
+    assert list(response.class_names) == ["too_close", "bicycle", "throwing", "running", "dancing", "stroller"]
+    assert all(0 <= c.grid_position.candidate < 35 for c in response.contexts)

@@ -1,0 +1,121 @@
+"""clip_service's model code paths with the tiny random-weight CLIP (real open_clip)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from services.clip_service.config import ClipSettings
+from services.clip_service.engine import ClipEngine, TextEncoding
+from services.clip_service.model import TINY_MODEL_NAME, load_clip, register_tiny_config
+from services.clip_service.preprocess import Mode, Preprocessor
+from services.clip_service.templates import fill_templates
+from services.common.errors import InvalidInput, ModelLoadError
+from services.common.images import encode_png
+from services.common.windows import layout_grids, strides_for
+
+
+@pytest.fixture(scope="module")
+def tiny_settings() -> ClipSettings:
+    return ClipSettings(models="tiny", device="cpu")
+
+
+async def loaded_engine(settings: ClipSettings) -> ClipEngine:
+    engine = ClipEngine(settings)
+    await engine.load()
+    return engine
+
+
+def test_tiny_profile_is_random_and_says_so(tiny_settings: ClipSettings) -> None:
+    model = load_clip(tiny_settings)
+    assert model.info.random_weights and model.info.name == TINY_MODEL_NAME
+    assert (model.info.embed_dim, model.info.image_size, model.info.device) == (64, 224, "cpu")
+
+
+async def test_text_embeddings_are_normalised_cached_and_template_ensembled(tiny_settings: ClipSettings) -> None:
+    engine = await loaded_engine(tiny_settings)
+    raw = await engine.embed_texts(["bicycle", "hand_truck"], TextEncoding.RAW)
+    np.testing.assert_allclose(np.linalg.norm(raw, axis=1), 1.0, rtol=1e-5)
+    encoded = engine.model.texts_encoded
+    again = await engine.embed_texts(["hand_truck"], TextEncoding.RAW)
+    assert engine.model.texts_encoded == encoded  # served from the cache
+    np.testing.assert_array_equal(again[0], raw[1])
+
+    ensemble = await engine.embed_texts(["bicycle"], TextEncoding.TEMPLATE_ENSEMBLE)
+    features = engine.model.encode_texts(fill_templates("bicycle"))  # 21 un-normalised rows
+    expected = features.mean(axis=0) / np.linalg.norm(features.mean(axis=0))
+    np.testing.assert_allclose(ensemble[0], expected, atol=1e-6)
+    assert not np.allclose(ensemble[0], raw[0], atol=1e-3)
+    await engine.close()
+
+
+async def test_text_validation(tiny_settings: ClipSettings) -> None:
+    engine = await loaded_engine(tiny_settings)
+    with pytest.raises(InvalidInput, match="no texts"):
+        await engine.embed_texts([], TextEncoding.RAW)
+    with pytest.raises(InvalidInput, match=r"texts\[1\] is empty"):
+        await engine.embed_texts(["car", "  "], TextEncoding.RAW)
+    with pytest.raises(InvalidInput, match="301 characters; the limit is 300"):
+        await engine.embed_texts(["x" * 301], TextEncoding.RAW)
+    await engine.close()
+
+
+def test_center_crop_matches_open_clip_preprocessing() -> None:
+    register_tiny_config()
+    _, _, reference = open_clip.create_model_and_transforms(TINY_MODEL_NAME, pretrained=None)
+    frame = np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8)
+    ours = Preprocessor(224, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    np.testing.assert_allclose(ours.image(frame, Mode.CENTER_CROP), reference(Image.fromarray(frame)), atol=1e-6)
+
+
+def test_window_crops_match_the_reference_unfold_path() -> None:
+    """The authors' path: /255, F.unfold, bilinear to 224, no mean/std (SQUASH)."""
+    squashed = np.random.default_rng(1).integers(0, 255, (240, 240, 3), dtype=np.uint8)
+    tensor = torch.tensor(squashed.astype("float32") / 255).permute(2, 0, 1).unsqueeze(0)
+    expected = []
+    for size in (48, 80, 120):
+        patches = F.unfold(tensor, kernel_size=(size, size), stride=(size, size))
+        patches = patches.permute(0, 2, 1).reshape(-1, 3, size, size)
+        expected.append(F.interpolate(patches, size=(224, 224), mode="bilinear"))
+    grids = layout_grids(strides_for((48, 80, 120), False), 240, 240)
+    ours = Preprocessor(224, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    assert torch.equal(ours.windows(squashed, grids, Mode.SQUASH), torch.cat(expected))
+    normalized = ours.windows(squashed, grids, Mode.SQUASH_NORMALIZED)
+    assert not torch.allclose(normalized, torch.cat(expected))
+
+
+async def test_select_key_frames_uses_one_image_pass_for_all_texts(tiny_settings: ClipSettings) -> None:
+    engine = await loaded_engine(tiny_settings)
+    rng = np.random.default_rng(2)
+    frames = [encode_png(rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)) for _ in range(24)]
+    before = engine.model.images_encoded
+    selections = await engine.select_key_frames(frames, ["running", "bicycle", "car"])
+    assert engine.model.images_encoded - before == 24
+    for selection in selections:
+        best = int(np.argmax(selection.similarities))
+        assert selection.representative == best
+        assert selection.key_frames == tuple(best % 6 + 6 * j for j in range(4))
+    await engine.close()
+
+
+def test_local_weights_file_is_loaded(tmp_path: Path, tiny_settings: ClipSettings) -> None:
+    tiny = load_clip(tiny_settings)
+    path = tmp_path / "clip.pt"
+    torch.save(tiny._model.state_dict(), path)
+    loaded = load_clip(ClipSettings(models="default", model_name=TINY_MODEL_NAME, weights=str(path), device="cpu"))
+    assert not loaded.info.random_weights and loaded.info.weights == str(path)
+    np.testing.assert_allclose(loaded.encode_texts(["car"]), tiny.encode_texts(["car"]), atol=1e-6)
+
+
+def test_missing_weights_fail_with_one_message_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="ANYANOMALY_CLIP_WEIGHTS") as caught:
+        load_clip(ClipSettings(models="default", offline=True, cache_dir=str(tmp_path), device="cpu"))
+    assert "--models tiny" in str(caught.value)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_clip(ClipSettings(models="default", weights=str(tmp_path / "nope.pt"), device="cpu"))
