@@ -4,7 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint check protos bench clean
+.PHONY: venv test lint check protos bench detect serve clean
+
+# make detect VIDEO=path/to/video.mp4 TEXT=running [MODELS=tiny] [OUTPUT=file.json] [ARGS="..."]
+VIDEO ?=
+TEXT ?=
+MODELS ?= default
+OUTPUT ?= out/result.json
+ARGS ?=
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +35,13 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_segment
+
+detect: $(STAMP)
+	@test -n "$(VIDEO)" -a -n "$(TEXT)" || { echo "usage: make detect VIDEO=<video file or frame folder> TEXT=<anomaly> [MODELS=tiny] [OUTPUT=out/result.json]"; exit 2; }
+	$(VENV)/bin/anyanomaly detect "$(VIDEO)" -t "$(TEXT)" --models $(MODELS) --output "$(OUTPUT)" $(ARGS)
+
+serve: $(STAMP)
+	$(VENV)/bin/anyanomaly serve --models $(MODELS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,10 @@ class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Overloaded(ServiceError):
     """Too much work queued; the caller should back off and retry."""
 

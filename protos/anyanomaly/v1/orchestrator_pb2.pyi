@@ -358,12 +358,16 @@ class Summary(_message.Message):
     CLIP_MODEL_FIELD_NUMBER: _builtins.int
     LVLM_MODEL_FIELD_NUMBER: _builtins.int
     SCORED_FRAMES_FIELD_NUMBER: _builtins.int
+    LVLM_USAGE_FIELD_NUMBER: _builtins.int
+    PARSE_FAILURES_FIELD_NUMBER: _builtins.int
     num_frames: _builtins.int
     fps: _builtins.float
     tail_policy: Global___TailPolicy.ValueType
     sigma: _builtins.float
     scored_frames: _builtins.int
     """frames covered by scored segments"""
+    parse_failures: _builtins.int
+    """stream answers without a readable score (scored 0)"""
     @_builtins.property
     def frame_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """one per frame, smoothed; frames without a score are 0"""
@@ -376,6 +380,10 @@ class Summary(_message.Message):
     def clip_model(self) -> _common_pb2.ModelInfo: ...
     @_builtins.property
     def lvlm_model(self) -> _common_pb2.ModelInfo: ...
+    @_builtins.property
+    def lvlm_usage(self) -> _lvlm_pb2.Usage:
+        """LVLM calls, tokens and time for the whole video"""
+
     def __init__(
         self,
         *,
@@ -389,10 +397,12 @@ class Summary(_message.Message):
         clip_model: _common_pb2.ModelInfo | None = ...,
         lvlm_model: _common_pb2.ModelInfo | None = ...,
         scored_frames: _builtins.int = ...,
+        lvlm_usage: _lvlm_pb2.Usage | None = ...,
+        parse_failures: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "lvlm_model", b"lvlm_model", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "fps", b"fps", "frame_scores", b"frame_scores", "fusion_weights", b"fusion_weights", "lvlm_model", b"lvlm_model", "num_frames", b"num_frames", "scored_frames", b"scored_frames", "sigma", b"sigma", "tail_policy", b"tail_policy", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "fps", b"fps", "frame_scores", b"frame_scores", "fusion_weights", b"fusion_weights", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "num_frames", b"num_frames", "parse_failures", b"parse_failures", "scored_frames", b"scored_frames", "sigma", b"sigma", "tail_policy", b"tail_policy", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

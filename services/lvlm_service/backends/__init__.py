@@ -1,0 +1,1 @@
+"""LVLM backends behind one interface (see base.py)."""

@@ -1,0 +1,128 @@
+"""A local Hugging Face vision-language model (CPU or GPU), for single-machine runs
+without vLLM. Prompts are answered in batches of `batch_size` by greedy `generate` on
+one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from services.common.errors import ModelLoadError
+from services.lvlm_service.backends.base import BackendInfo, Completion, Prompt
+from services.lvlm_service.backends.tiny_vlm import TINY_VLM_NAME, build_tiny_vlm
+
+log = logging.getLogger("anyanomaly.lvlm.transformers")
+
+
+class TransformersBackend:
+    def __init__(
+        self,
+        model: str,
+        tiny: bool = False,
+        device: str = "auto",
+        batch_size: int = 8,
+        cache_dir: str = "",
+        offline: bool = False,
+        system_prompt: str = "",
+    ) -> None:
+        self._model_id = TINY_VLM_NAME if tiny else model
+        self._tiny = tiny
+        self._device = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+        self._dtype = torch.float16 if self._device == "cuda" else torch.float32
+        self._batch_size = max(1, batch_size)
+        self._cache_dir = cache_dir or None
+        self._offline = offline
+        self._system_prompt = system_prompt
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lvlm-model")
+        self._model: Any = None
+        self._processor: Any = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._model, self._processor = await loop.run_in_executor(self._executor, self._load)
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._tiny:
+            model, processor = build_tiny_vlm()
+        else:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            try:
+                processor = AutoProcessor.from_pretrained(
+                    self._model_id, cache_dir=self._cache_dir, local_files_only=self._offline
+                )
+                model = AutoModelForImageTextToText.from_pretrained(
+                    self._model_id, cache_dir=self._cache_dir, local_files_only=self._offline, dtype=self._dtype
+                )
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(
+                    f"lvlm_service: cannot load the vision-language model {self._model_id!r} ({type(exc).__name__}): "
+                    "it is not in the Hugging Face cache and could not be downloaded. Fix: set "
+                    "ANYANOMALY_LVLM_MODEL (--model) to a local model folder or a cached model, or use "
+                    "--backend openai with a vLLM server; for a smoke run use --models tiny."
+                ) from exc
+        processor.tokenizer.padding_side = "left"  # batched generation appends after the prompt
+        log.info("model loaded", extra={"model": self._model_id, "device": self._device})
+        return model.to(self._device).eval(), processor
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def info(self) -> BackendInfo:
+        dtype = "float16" if self._dtype == torch.float16 else "float32"
+        return BackendInfo("transformers", self._model_id, self._device, dtype, self._tiny)
+
+    async def complete(self, prompts: Sequence[Prompt]) -> list[Completion]:
+        loop = asyncio.get_running_loop()
+        batches = [prompts[i : i + self._batch_size] for i in range(0, len(prompts), self._batch_size)]
+        queued = time.perf_counter()
+        futures = [loop.run_in_executor(self._executor, self._generate, list(b), queued) for b in batches]
+        results: list[Completion] = []
+        for batch_result in await asyncio.gather(*futures):
+            results.extend(batch_result)
+        return results
+
+    def _conversation(self, prompt: Prompt) -> list[dict[str, Any]]:
+        image = Image.open(io.BytesIO(prompt.image)).convert("RGB")
+        messages: list[dict[str, Any]] = []
+        if self._system_prompt:
+            messages.append({"role": "system", "content": [{"type": "text", "text": self._system_prompt}]})
+        messages.append({"role": "user", "content": [{"type": "image", "image": image},
+                                                     {"type": "text", "text": prompt.text}]})
+        return messages
+
+    def _generate(self, prompts: list[Prompt], queued: float) -> list[Completion]:
+        started = time.perf_counter()
+        inputs = self._processor.apply_chat_template(
+            [self._conversation(p) for p in prompts], add_generation_prompt=True, tokenize=True,
+            return_dict=True, return_tensors="pt", processor_kwargs={"padding": True},
+        ).to(self._device)
+        with torch.inference_mode():
+            output = self._model.generate(
+                **inputs, max_new_tokens=max(p.max_tokens for p in prompts), do_sample=False,
+            )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        texts = self._processor.batch_decode(new_tokens, skip_special_tokens=True)
+        eos = self._model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        pad = self._processor.tokenizer.pad_token_id
+        elapsed = time.perf_counter() - started
+        completions = []
+        for row, text in enumerate(texts):
+            generated = [t for t in new_tokens[row].tolist() if t not in eos_ids and t != pad]
+            completions.append(Completion(
+                text=text.strip(),
+                prompt_tokens=int(inputs["attention_mask"][row].sum()),
+                completion_tokens=len(generated),
+                queue_seconds=started - queued,
+                engine_seconds=elapsed / len(prompts),
+            ))
+        return completions

@@ -1,0 +1,53 @@
+"""lvlm_service settings (flags and ANYANOMALY_LVLM_* environment variables)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.common.config import ServerSettings, load_settings, setting
+
+ENV_PREFIX = "ANYANOMALY_LVLM"
+DEFAULT_PORT = 50053
+# Small enough to answer in seconds on a CPU; GPU sites run a 7B model behind vLLM (--backend openai).
+DEFAULT_LOCAL_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
+
+
+@dataclass
+class LvlmSettings(ServerSettings):
+    port: int = setting(DEFAULT_PORT, "port to bind; 0 picks a free port (the bound port is logged)")
+    backend: str = setting(
+        "transformers",
+        "'openai': an OpenAI-compatible chat-completions server such as `vllm serve`; "
+        "'transformers': a local Hugging Face vision-language model",
+        choices=("openai", "transformers"),
+    )
+    models: str = setting(
+        "default",
+        "transformers backend: 'default' loads --model; 'tiny' builds a tiny random VLM in code "
+        "(tests, smoke runs; meaningless answers)",
+        choices=("default", "tiny"),
+    )
+    model: str = setting(DEFAULT_LOCAL_MODEL, "transformers backend: Hugging Face model id or local folder")
+    cache_dir: str = setting("", "transformers backend: Hugging Face cache folder (default: the library's own)")
+    offline: bool = setting(False, "transformers backend: never download; fail fast when the model is not cached")
+    device: str = setting("auto", "transformers backend: auto (CUDA when present), cpu, cuda",
+                          choices=("auto", "cpu", "cuda"))
+    batch_size: int = setting(8, "transformers backend: prompts per generate() call")
+    openai_url: str = setting("", "openai backend: base URL, e.g. http://gpu-node:8000/v1")
+    openai_model: str = setting("", "openai backend: the model name the server serves")
+    openai_api_key: str = setting("", "openai backend: bearer token, if the server wants one")
+    request_timeout_seconds: float = setting(120.0, "openai backend: limit for one chat-completions request")
+    max_concurrency: int = setting(16, "openai backend: requests in flight to the server at once")
+    max_tokens: int = setting(128, "most tokens an answer may have (the reference: 128)")
+    system_prompt: str = setting("", "optional system message sent before each prompt")
+    max_image_pixels: int = setting(3840 * 2160, "largest image accepted, in pixels")
+    max_pairs_per_request: int = setting(1024, "most (image, text) pairs in one Score request")
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> LvlmSettings:
+    return load_settings(
+        LvlmSettings, argv, ENV_PREFIX,
+        "lvlm_service: context-aware VQA scores from a vision-language model over gRPC.",
+        env, prog="python -m services.lvlm_service",
+    )

@@ -1,0 +1,105 @@
+"""LvlmService servicer: protobuf <-> LvlmEngine, nothing else."""
+
+from __future__ import annotations
+
+from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
+
+from services.common.errors import InvalidInput
+from services.common.presets import get_preset
+from services.common.server import RpcContext, ServiceSpec
+from services.lvlm_service.backends.base import Backend
+from services.lvlm_service.config import LvlmSettings
+from services.lvlm_service.engine import Item, LvlmEngine, Parser, ScoreParams
+from services.lvlm_service.prompts import Kind
+
+SERVICE_NAME = lvlm_pb2.DESCRIPTOR.services_by_name["LvlmService"].full_name
+
+KINDS = {
+    lvlm_pb2.CONTEXT_KIND_FRAME: Kind.FRAME,
+    lvlm_pb2.CONTEXT_KIND_POSITION: Kind.POSITION,
+    lvlm_pb2.CONTEXT_KIND_TEMPORAL: Kind.TEMPORAL,
+}
+KIND_VALUES = {kind: value for value, kind in KINDS.items()}
+PARSERS = {
+    lvlm_pb2.SCORE_PARSER_UNSPECIFIED: None,
+    lvlm_pb2.SCORE_PARSER_ROBUST: Parser.ROBUST,
+    lvlm_pb2.SCORE_PARSER_FIRST_NUMBER: Parser.FIRST_NUMBER,
+}
+PROFILES = {common_pb2.PROFILE_UNSPECIFIED: "default", common_pb2.PROFILE_DEFAULT: "default",
+            common_pb2.PROFILE_PARITY: "parity"}
+
+
+def params_from_proto(options: lvlm_pb2.ScoreOptions) -> ScoreParams:
+    if options.profile not in PROFILES:
+        raise InvalidInput(f"unknown profile value {options.profile}")
+    if options.parser not in PARSERS:
+        raise InvalidInput(f"unknown score parser value {options.parser}")
+    if options.max_tokens < 0:
+        raise InvalidInput(f"max_tokens must not be negative, got {options.max_tokens}")
+    get_preset(options.preset)  # an unknown preset is refused here
+    return ScoreParams(PROFILES[options.profile], options.preset, PARSERS[options.parser], options.max_tokens)
+
+
+def items_from_proto(items: list[lvlm_pb2.ScoreItem]) -> list[Item]:
+    converted = []
+    for position, item in enumerate(items):
+        if item.kind not in KINDS:
+            raise InvalidInput(f"items[{position}].kind must be FRAME, POSITION or TEMPORAL")
+        converted.append(Item(item.image.data, KINDS[item.kind], tuple(item.texts)))
+    return converted
+
+
+class LvlmServicer(lvlm_pb2_grpc.LvlmServiceServicer):
+    def __init__(self, engine: LvlmEngine) -> None:
+        self._engine = engine
+
+    async def Score(self, request: lvlm_pb2.ScoreRequest, context: RpcContext) -> lvlm_pb2.ScoreResponse:
+        params = params_from_proto(request.options)
+        items = items_from_proto(list(request.items))
+        result = await self._engine.score(items, params)
+        response = lvlm_pb2.ScoreResponse()
+        for item, scores in zip(items, result.items, strict=True):
+            response.items.add(kind=KIND_VALUES[item.kind], scores=[
+                lvlm_pb2.TextScore(text=s.text, score=s.score, reason=s.reason, raw_answer=s.raw_answer,
+                                   parsed=s.parsed, error=s.error, attempts=s.attempts)
+                for s in scores
+            ])
+        usage = result.usage
+        response.usage.CopyFrom(lvlm_pb2.Usage(
+            calls=usage.calls, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            images=usage.images, queue_seconds=usage.queue_seconds, engine_seconds=usage.engine_seconds,
+        ))
+        return response
+
+    async def GetModelInfo(self, request: common_pb2.GetModelInfoRequest, context: RpcContext) -> common_pb2.ModelInfo:
+        info = self._engine.backend.info()
+        return common_pb2.ModelInfo(name=info.model, weights=info.model, device=info.device, dtype=info.dtype,
+                                    random_weights=info.random_weights, backend=info.backend)
+
+
+def make_backend(settings: LvlmSettings) -> Backend:
+    if settings.backend == "openai":
+        from services.lvlm_service.backends.openai_http import OpenAIBackend
+
+        return OpenAIBackend(
+            settings.openai_url, settings.openai_model, settings.openai_api_key,
+            settings.request_timeout_seconds, settings.max_concurrency, settings.system_prompt,
+        )
+    from services.lvlm_service.backends.transformers_local import TransformersBackend
+
+    return TransformersBackend(
+        settings.model, tiny=settings.models == "tiny", device=settings.device, batch_size=settings.batch_size,
+        cache_dir=settings.cache_dir, offline=settings.offline, system_prompt=settings.system_prompt,
+    )
+
+
+def build_service(settings: LvlmSettings, backend: Backend | None = None) -> tuple[ServiceSpec, LvlmEngine]:
+    engine = LvlmEngine(settings, backend or make_backend(settings))
+    spec = ServiceSpec(
+        name="lvlm_service",
+        service_names=[SERVICE_NAME],
+        register=lambda server: lvlm_pb2_grpc.add_LvlmServiceServicer_to_server(LvlmServicer(engine), server),
+        start=engine.backend.start,
+        stop=engine.backend.close,
+    )
+    return spec, engine

@@ -1,0 +1,206 @@
+"""The `anyanomaly` command.
+
+    anyanomaly serve  [--models default|tiny] [--lvlm-url URL --lvlm-model NAME]
+    anyanomaly detect SOURCE -t TEXT [-t TEXT ...] [--models default|tiny] [--output FILE]
+                      [--address HOST:PORT] [--lvlm-url URL --lvlm-model NAME]
+
+Without --address, `detect` starts the embedded single-machine stack for the duration
+of the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from anyanomaly.v1 import common_pb2, orchestrator_pb2
+from tqdm import tqdm
+
+from services.launcher import EmbeddedStack, StackError, StackOptions
+from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_stream
+
+PROG = "anyanomaly"
+BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
+PROFILES = {"default": common_pb2.PROFILE_DEFAULT, "parity": common_pb2.PROFILE_PARITY}
+TAILS = {"score": orchestrator_pb2.TAIL_POLICY_SCORE, "drop": orchestrator_pb2.TAIL_POLICY_DROP}
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+def _add_stack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", choices=("default", "tiny"), default="default",
+                        help="'default': the real CLIP and LVLM weights; 'tiny': tiny random models "
+                             "(no downloads, meaningless scores)")
+    parser.add_argument("--lvlm-url", default="", help="use an OpenAI-compatible LVLM server (e.g. `vllm serve` at "
+                                                       "http://gpu-node:8000/v1) instead of a local model")
+    parser.add_argument("--lvlm-model", default="", help="the model name that server serves")
+    parser.add_argument("--log-dir", type=Path, default=None, help="write the services' logs to this folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Zero-shot, text-defined video anomaly detection.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run all four services on this machine until Ctrl-C")
+    _add_stack_options(serve)
+    serve.add_argument("--port", type=int, default=50050, help="orchestrator port (0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address the services bind")
+
+    detect = commands.add_parser("detect", help="score a video (file, frame folder or stream URI) for anomaly texts")
+    detect.add_argument("source", help="video file, folder of frames, or rtsp:// / http:// URI")
+    detect.add_argument("-t", "--text", dest="texts", action="append", required=True,
+                        help="what counts as an anomaly, e.g. 'bicycle'; repeat for several; 'a-b' means a and b")
+    detect.add_argument("--output", type=Path, default=None, help="write the result JSON here")
+    detect.add_argument("--address", default="", help="an orchestrator HOST:PORT (default: start the embedded stack)")
+    _add_stack_options(detect)
+    detect.add_argument("--profile", choices=tuple(PROFILES), default="default",
+                        help="'parity' reproduces the authors' code, quirks included")
+    detect.add_argument("--preset", default="", help="dataset preset: shtech (default), avenue or custom")
+    detect.add_argument("--segment-length", type=int, default=0, help="frames per segment (default 24)")
+    detect.add_argument("--weights", type=float, nargs=3, metavar=("FRAME", "POSITION", "TEMPORAL"),
+                        help="fusion weights (default 0.6 0.3 0.1)")
+    detect.add_argument("--sigma", type=float, default=None, help="Gaussian smoothing over frames (default 15; 0 off)")
+    detect.add_argument("--tail", choices=tuple(TAILS), default=None,
+                        help="last partial segment: 'score' it (default) or 'drop' it (parity)")
+    detect.add_argument("--keep-hyphens", action="store_true", help="do not split 'a-b' texts into a and b")
+    detect.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _source(argument: str, remote: bool) -> orchestrator_pb2.VideoSource:
+    if "://" in argument:
+        return orchestrator_pb2.VideoSource(uri=argument)
+    path = Path(argument).expanduser()
+    if not remote and not path.exists():
+        raise UsageError(f"no such file or folder: {argument}")
+    location = str(path.resolve()) if path.exists() else argument
+    if path.is_dir():
+        return orchestrator_pb2.VideoSource(frame_folder=location)
+    return orchestrator_pb2.VideoSource(path=location)
+
+
+def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
+    options = orchestrator_pb2.DetectOptions(
+        profile=PROFILES[args.profile], preset=args.preset, segment_length=args.segment_length,
+        fusion_weights=args.weights or [], keep_hyphenated_texts=args.keep_hyphens,
+    )
+    if args.sigma is not None:
+        options.sigma = args.sigma
+    if args.tail is not None:
+        options.tail_policy = TAILS[args.tail]
+    return orchestrator_pb2.DetectRequest(source=_source(args.source, bool(args.address)), texts=args.texts,
+                                          options=options)
+
+
+def _stack_options(args: argparse.Namespace, port: int = 0, host: str = "127.0.0.1") -> StackOptions:
+    if bool(args.lvlm_url) != bool(args.lvlm_model):
+        raise UsageError("--lvlm-url and --lvlm-model go together (the server's URL and the model it serves)")
+    return StackOptions(models=args.models, lvlm_url=args.lvlm_url, lvlm_model=args.lvlm_model, host=host,
+                        orchestrator_port=port, log_dir=args.log_dir)
+
+
+async def _run_detection(address: str, request: orchestrator_pb2.DetectRequest, quiet: bool) -> dict[str, Any]:
+    builder = ResultBuilder(request.source.path or request.source.frame_folder or request.source.uri)
+    bar: tqdm[Any] | None = None
+    try:
+        async for update in detect_stream(address, request):
+            builder.add(update)
+            kind = update.WhichOneof("update")
+            if kind == "started" and not quiet:
+                bar = tqdm(total=update.started.num_frames or None, unit="frame", desc="detect", file=sys.stderr)
+            elif kind == "segment" and bar is not None:
+                bar.update(update.segment.end_frame - update.segment.start_frame)
+    finally:
+        if bar is not None:
+            bar.close()
+    return builder.document()
+
+
+def _print_summary(result: dict[str, Any], output: Path | None) -> None:
+    segments = result["segments"]
+    print(f"{result['source']}: {result['num_frames']} frames, {len(segments)} segments, "
+          f"texts {', '.join(result['texts'])}")
+    top = sorted(segments, key=lambda s: s["max_fused"], reverse=True)[:3]
+    for segment in top:
+        best = max(segment["scores"].items(), key=lambda item: item[1]["fused"])
+        print(f"  frames {segment['start_frame']}-{segment['end_frame'] - 1}: {segment['max_fused']:.2f} "
+              f"({best[0]}) {best[1]['reason'][:100]}")
+    if result["parse_failures"]:
+        print(f"  {result['parse_failures']} answers had no readable score (scored 0)")
+    print(f"  {result['timings']['total_seconds']:.1f} s, {result['lvlm_usage']['calls']} LVLM calls")
+    if "warning" in result["models"]:
+        print(f"  note: {RANDOM_WEIGHTS_WARNING}")
+    if output is not None:
+        print(f"  result written to {output}")
+
+
+async def _detect(args: argparse.Namespace) -> int:
+    stack_options = None if args.address else _stack_options(args)
+    request = _request(args)
+    stack: EmbeddedStack | None = None
+    address = args.address
+    if stack_options is not None:
+        stack = EmbeddedStack(stack_options)
+        await stack.start()
+        address = stack.orchestrator_address
+    try:
+        result = await _run_detection(address, request, args.quiet)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.UNAVAILABLE and args.address:
+            raise UsageError(f"cannot reach the orchestrator at {args.address}: {error.details()}") from error
+        raise
+    finally:
+        if stack is not None:
+            await stack.stop()
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=1) + "\n")
+    _print_summary(result, args.output)
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    stack = EmbeddedStack(_stack_options(args, port=args.port, host=args.host))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stack.start()
+    for name, address in stack.addresses().items():
+        print(f"{name:16} {address}", flush=True)
+    if args.models == "tiny":
+        print(f"note: {RANDOM_WEIGHTS_WARNING}", flush=True)
+    print("ready; Ctrl-C stops the services", flush=True)
+    await stop.wait()
+    await stack.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_serve(args) if args.command == "serve" else _detect(args))
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except StackError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except grpc.aio.AioRpcError as error:
+        print(f"{PROG}: error: {error.details()}", file=sys.stderr)
+        return 2 if error.code() in BAD_INPUT_CODES else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""A Python client for Orchestrator.Detect that builds the result JSON document.
+
+    async for update in detect_stream(address, request): ...
+    result = ResultBuilder(source); result.add(update) ...; result.document()
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from anyanomaly.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+from services.common.clients import open_channel
+
+TAIL_NAMES = {orchestrator_pb2.TAIL_POLICY_SCORE: "score", orchestrator_pb2.TAIL_POLICY_DROP: "drop"}
+STREAMS = ("frame", "position", "temporal")
+RANDOM_WEIGHTS_WARNING = "tiny random-weight models were used: these scores are meaningless (smoke run)"
+
+
+async def detect_stream(
+    address: str, request: orchestrator_pb2.DetectRequest, timeout_seconds: float = 24 * 3600.0
+) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
+    async with open_channel(address, default_timeout=timeout_seconds) as channel:
+        stub = orchestrator_pb2_grpc.OrchestratorStub(channel)
+        async for update in stub.Detect(request, timeout=timeout_seconds):
+            yield update
+
+
+def _model(info: common_pb2.ModelInfo) -> dict[str, Any]:
+    return {"name": info.name, "weights": info.weights, "device": info.device, "backend": info.backend,
+            "random_weights": info.random_weights}
+
+
+def _reason(score: orchestrator_pb2.TextSegmentScore) -> str:
+    """The reason of the stream with the highest score (the key frame's on ties)."""
+    streams = [getattr(score, name) for name in STREAMS]
+    best = max(streams, key=lambda s: s.score)
+    return best.reason or next((s.reason for s in streams if s.reason), "")
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
+
+
+class ResultBuilder:
+    """Collects a Detect stream into the documented result JSON."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.started: orchestrator_pb2.DetectStarted | None = None
+        self.segments: list[dict[str, Any]] = []
+        self.summary: orchestrator_pb2.Summary | None = None
+
+    def add(self, update: orchestrator_pb2.DetectUpdate) -> None:
+        kind = update.WhichOneof("update")
+        if kind == "started":
+            self.started = update.started
+        elif kind == "segment":
+            self.segments.append(self._segment(update.segment))
+        elif kind == "summary":
+            self.summary = update.summary
+
+    @staticmethod
+    def _segment(segment: orchestrator_pb2.SegmentResult) -> dict[str, Any]:
+        scores: dict[str, Any] = {}
+        failures: list[dict[str, str]] = []
+        for s in segment.scores:
+            scores[s.text] = {
+                "frame": _round(s.frame.score), "position": _round(s.position.score),
+                "temporal": _round(s.temporal.score), "fused": _round(s.fused), "reason": _reason(s),
+                "reasons": {name: getattr(s, name).reason for name in STREAMS},
+            }
+            failures += [{"text": s.text, "stream": name, "error": getattr(s, name).error}
+                         for name in STREAMS if not getattr(s, name).parsed]
+        document: dict[str, Any] = {
+            "index": segment.index, "start_frame": segment.start_frame, "end_frame": segment.end_frame,
+            "key_frames": {s.text: list(s.key_frames) for s in segment.scores},
+            "representative": {s.text: s.representative for s in segment.scores},
+            "scores": scores, "max_fused": _round(segment.max_fused),
+        }
+        if failures:
+            document["parse_failures"] = failures
+        return document
+
+    def document(self) -> dict[str, Any]:
+        if self.started is None or self.summary is None:
+            raise RuntimeError("the detection stream ended before its summary")
+        summary = self.summary
+        models: dict[str, Any] = {"clip": _model(summary.clip_model), "lvlm": _model(summary.lvlm_model)}
+        random = summary.clip_model.random_weights or summary.lvlm_model.random_weights
+        if random:
+            models["warning"] = RANDOM_WEIGHTS_WARNING
+        usage = summary.lvlm_usage
+        timings = summary.timings
+        return {
+            "source": self.source,
+            "texts": list(self.started.texts),
+            "models": models,
+            "fps": summary.fps,
+            "num_frames": summary.num_frames,
+            "segment_length": self.started.segment_length,
+            "tail_policy": TAIL_NAMES.get(summary.tail_policy, "score"),
+            "fusion_weights": [_round(w) for w in summary.fusion_weights],
+            "sigma": _round(summary.sigma),
+            "segments": self.segments,
+            "frame_scores": [_round(v) for v in summary.frame_scores],
+            "scored_frames": summary.scored_frames,
+            "parse_failures": summary.parse_failures,
+            "lvlm_usage": {"calls": usage.calls, "prompt_tokens": usage.prompt_tokens,
+                           "completion_tokens": usage.completion_tokens, "images": usage.images,
+                           "queue_seconds": round(usage.queue_seconds, 3),
+                           "engine_seconds": round(usage.engine_seconds, 3)},
+            "timings": {"total_seconds": round(timings.total_seconds, 3),
+                        "decode_seconds": round(timings.decode_seconds, 3),
+                        "key_frames_seconds": round(timings.key_frames_seconds, 3),
+                        "contexts_seconds": round(timings.contexts_seconds, 3),
+                        "scoring_seconds": round(timings.scoring_seconds, 3)},
+        }

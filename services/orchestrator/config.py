@@ -1,0 +1,36 @@
+"""orchestrator settings (flags and ANYANOMALY_ORCHESTRATOR_* environment variables)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.common.config import ServerSettings, load_settings, setting
+
+ENV_PREFIX = "ANYANOMALY_ORCHESTRATOR"
+DEFAULT_PORT = 50050
+
+
+@dataclass
+class OrchestratorSettings(ServerSettings):
+    port: int = setting(DEFAULT_PORT, "port to bind; 0 picks a free port (the bound port is logged)")
+    clip_address: str = setting("127.0.0.1:50051", "clip_service address HOST:PORT")
+    context_address: str = setting("127.0.0.1:50052", "context_service address HOST:PORT")
+    lvlm_address: str = setting("127.0.0.1:50053", "lvlm_service address HOST:PORT")
+    rpc_timeout_seconds: float = setting(300.0, "deadline of each call to clip, context and lvlm services")
+    max_segments_in_flight: int = setting(2, "segments processed concurrently per detection (results stay in order)")
+    frame_format: str = setting("jpeg", "how decoded video frames travel to the services (frame folders are "
+                                "sent as their original files)", choices=("jpeg", "png"))
+    jpeg_quality: int = setting(95, "JPEG quality for --frame-format jpeg")
+    media_roots: str = setting("", "comma-separated folders that sources must lie under; empty allows any path")
+    max_texts: int = setting(64, "most texts per detection, after splitting 'a-b' texts")
+    max_frames: int = setting(1_000_000, "most frames read from one source")
+    max_image_pixels: int = setting(3840 * 2160, "largest frame accepted, in pixels")
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OrchestratorSettings:
+    return load_settings(
+        OrchestratorSettings, argv, ENV_PREFIX,
+        "orchestrator: scores a video for anomaly texts using clip, context and lvlm services.",
+        env, prog="python -m services.orchestrator",
+    )

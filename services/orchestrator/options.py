@@ -1,0 +1,60 @@
+"""DetectOptions -> DetectParams: defaults, the profile's choices, validation."""
+
+from __future__ import annotations
+
+import math
+
+from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
+
+from services.common.errors import InvalidInput
+from services.common.presets import get_preset
+from services.orchestrator.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS
+from services.orchestrator.pipeline import MIN_SEGMENT_FRAMES, DetectParams
+
+DEFAULT_SEGMENT_LENGTH = 24
+MAX_SEGMENT_LENGTH = 1024
+PROFILES = {common_pb2.PROFILE_UNSPECIFIED: "default", common_pb2.PROFILE_DEFAULT: "default",
+            common_pb2.PROFILE_PARITY: "parity"}
+TAIL_POLICIES = {orchestrator_pb2.TAIL_POLICY_SCORE: "score", orchestrator_pb2.TAIL_POLICY_DROP: "drop"}
+
+
+def resolve(options: orchestrator_pb2.DetectOptions, max_in_flight: int) -> DetectParams:
+    if options.profile not in PROFILES:
+        raise InvalidInput(f"unknown profile value {options.profile}")
+    profile = PROFILES[options.profile]
+    preset = get_preset(options.preset).name
+    length = options.segment_length or DEFAULT_SEGMENT_LENGTH
+    if not MIN_SEGMENT_FRAMES <= length <= MAX_SEGMENT_LENGTH:
+        raise InvalidInput(f"segment_length {length} is out of range; use {MIN_SEGMENT_FRAMES}..{MAX_SEGMENT_LENGTH} "
+                           f"(the paper uses {DEFAULT_SEGMENT_LENGTH})")
+    weights = tuple(options.fusion_weights) or DEFAULT_WEIGHTS
+    if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise InvalidInput(f"fusion_weights must be 3 non-negative numbers (frame, position, temporal) with a "
+                           f"positive sum, got {list(weights)}")
+    sigma = options.sigma if options.HasField("sigma") else DEFAULT_SIGMA
+    if not math.isfinite(sigma) or sigma < 0:
+        raise InvalidInput(f"sigma must be zero (no smoothing) or positive, got {sigma}")
+    if options.tail_policy == orchestrator_pb2.TAIL_POLICY_UNSPECIFIED:
+        tail = "drop" if profile == "parity" else "score"
+    elif options.tail_policy in TAIL_POLICIES:
+        tail = TAIL_POLICIES[options.tail_policy]
+    else:
+        raise InvalidInput(f"unknown tail_policy value {options.tail_policy}")
+    if options.strategy not in common_pb2.KeyFrameStrategy.values():
+        raise InvalidInput(f"unknown key-frame strategy value {options.strategy}")
+    in_flight = options.max_segments_in_flight or max_in_flight
+    if not 1 <= in_flight <= max(max_in_flight, 1):
+        raise InvalidInput(f"max_segments_in_flight must be 1..{max_in_flight}, got {in_flight}")
+    context = context_pb2.ContextOptions()
+    context.CopyFrom(options.context)
+    context.profile = context.profile or options.profile
+    context.preset = context.preset or preset
+    scoring = lvlm_pb2.ScoreOptions()
+    scoring.CopyFrom(options.scoring)
+    scoring.profile = scoring.profile or options.profile
+    scoring.preset = scoring.preset or preset
+    return DetectParams(
+        profile=profile, segment_length=length, weights=(weights[0], weights[1], weights[2]), sigma=sigma,
+        tail_policy=tail, strategy=options.strategy or common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING,
+        max_in_flight=in_flight, context_options=context, score_options=scoring,
+    )

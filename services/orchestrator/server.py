@@ -1,0 +1,103 @@
+"""Orchestrator servicer: protobuf <-> the detection pipeline, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from anyanomaly.v1 import lvlm_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+from services.common.errors import InvalidInput
+from services.common.server import RpcContext, ServiceSpec
+from services.common.validation import validate_texts
+from services.orchestrator import options as detect_options
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.fusion import split_texts
+from services.orchestrator.pipeline import Detector, SegmentOutcome, Started, Summary, Update
+from services.orchestrator.service_clients import ServiceClients, StreamScore
+from services.orchestrator.sources import FrameEncoding, open_source
+
+SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+TAIL_VALUES = {"score": orchestrator_pb2.TAIL_POLICY_SCORE, "drop": orchestrator_pb2.TAIL_POLICY_DROP}
+
+
+def _stream(score: StreamScore) -> orchestrator_pb2.StreamScore:
+    return orchestrator_pb2.StreamScore(score=score.score, reason=score.reason, parsed=score.parsed, error=score.error)
+
+
+def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
+    if isinstance(update, Started):
+        return orchestrator_pb2.DetectUpdate(started=orchestrator_pb2.DetectStarted(
+            texts=update.texts, fps=update.fps, num_frames=update.num_frames, segment_length=update.segment_length))
+    if isinstance(update, SegmentOutcome):
+        return orchestrator_pb2.DetectUpdate(segment=orchestrator_pb2.SegmentResult(
+            index=update.index, start_frame=update.start, end_frame=update.end, max_fused=update.max_fused,
+            scores=[
+                orchestrator_pb2.TextSegmentScore(
+                    text=r.text, frame=_stream(r.frame), position=_stream(r.position), temporal=_stream(r.temporal),
+                    fused=r.fused, key_frames=list(r.key_frames), representative=r.representative,
+                )
+                for r in update.results
+            ],
+        ))
+    assert isinstance(update, Summary)
+    t = update.timings
+    return orchestrator_pb2.DetectUpdate(summary=orchestrator_pb2.Summary(
+        num_frames=update.num_frames, fps=update.fps, frame_scores=update.frame_scores,
+        tail_policy=TAIL_VALUES[update.tail_policy], fusion_weights=list(update.weights), sigma=update.sigma,
+        timings=orchestrator_pb2.Timings(total_seconds=t.total, decode_seconds=t.decode,
+                                         key_frames_seconds=t.key_frames, contexts_seconds=t.contexts,
+                                         scoring_seconds=t.scoring),
+        clip_model=update.clip_model, lvlm_model=update.lvlm_model, scored_frames=update.scored_frames,
+        lvlm_usage=lvlm_pb2.Usage(**{f.name: getattr(update.lvlm_usage, f.name)
+                                     for f in lvlm_pb2.Usage.DESCRIPTOR.fields}),
+        parse_failures=update.parse_failures,
+    ))
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
+    def __init__(self, settings: OrchestratorSettings, detector: Detector) -> None:
+        self._settings = settings
+        self._detector = detector
+
+    def _texts(self, request: orchestrator_pb2.DetectRequest) -> list[str]:
+        validate_texts(list(request.texts))
+        texts = split_texts(request.texts, split_hyphens=not request.options.keep_hyphenated_texts)
+        validate_texts(texts)
+        if len(texts) > self._settings.max_texts:
+            raise InvalidInput(f"{len(texts)} texts after splitting; the limit is {self._settings.max_texts}")
+        return texts
+
+    async def Detect(
+        self, request: orchestrator_pb2.DetectRequest, context: RpcContext
+    ) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
+        texts = self._texts(request)
+        params = detect_options.resolve(request.options, self._settings.max_segments_in_flight)
+        encoding = FrameEncoding(self._settings.frame_format, self._settings.jpeg_quality,
+                                 self._settings.max_image_pixels)
+        roots = [r for r in self._settings.media_roots.split(",") if r.strip()]
+        source = await asyncio.to_thread(
+            open_source, request.source.path, request.source.frame_folder, request.source.uri, encoding, roots
+        )
+        try:
+            async for update in self._detector.detect(source, texts, params):
+                yield to_proto(update)
+        finally:
+            source.close()
+
+
+def build_service(settings: OrchestratorSettings) -> ServiceSpec:
+    detector = Detector()
+
+    async def connect() -> None:  # channels belong to the running event loop
+        detector.attach(ServiceClients(settings.clip_address, settings.context_address, settings.lvlm_address,
+                                       settings.rpc_timeout_seconds, settings.max_message_mb))
+
+    return ServiceSpec(
+        name="orchestrator",
+        service_names=[SERVICE_NAME],
+        register=lambda server: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(
+            OrchestratorServicer(settings, detector), server),
+        start=connect,
+        stop=detector.close,
+    )

@@ -1,0 +1,132 @@
+"""The orchestrator's calls to clip_service, context_service and lvlm_service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from anyanomaly.v1 import (
+    clip_pb2,
+    clip_pb2_grpc,
+    common_pb2,
+    context_pb2,
+    context_pb2_grpc,
+    lvlm_pb2,
+    lvlm_pb2_grpc,
+)
+
+from services.common.clients import dependency_error, open_channel
+
+
+@dataclass(frozen=True)
+class KeyFrameChoice:
+    text: str
+    representative: int  # index within the segment
+    key_frames: tuple[int, ...]  # 4 indices within the segment
+
+
+@dataclass(frozen=True)
+class TextContexts:
+    position: bytes  # PNG
+    temporal: bytes  # PNG
+
+
+@dataclass(frozen=True)
+class StreamScore:
+    score: float
+    reason: str
+    parsed: bool
+    error: str
+
+
+class ServiceClients:
+    def __init__(self, clip: str, context: str, lvlm: str, timeout_seconds: float, max_message_mb: int = 64) -> None:
+        self._timeout = timeout_seconds
+        self._channels = [open_channel(a, max_message_mb, timeout_seconds) for a in (clip, context, lvlm)]
+        self._clip = clip_pb2_grpc.ClipServiceStub(self._channels[0])
+        self._context = context_pb2_grpc.ContextServiceStub(self._channels[1])
+        self._lvlm = lvlm_pb2_grpc.LvlmServiceStub(self._channels[2])
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    async def model_infos(self) -> tuple[common_pb2.ModelInfo, common_pb2.ModelInfo]:
+        request = common_pb2.GetModelInfoRequest()
+        try:
+            clip = await self._clip.GetModelInfo(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("clip_service", error) from error
+        try:
+            lvlm = await self._lvlm.GetModelInfo(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("lvlm_service", error) from error
+        return clip, lvlm
+
+    async def select_key_frames(
+        self, frames: Sequence[bytes], texts: Sequence[str], strategy: common_pb2.KeyFrameStrategy.ValueType,
+        seed: int,
+    ) -> list[KeyFrameChoice]:
+        request = clip_pb2.SelectKeyFramesRequest(
+            frames=[common_pb2.Image(data=f) for f in frames], texts=list(texts), strategy=strategy, seed=seed
+        )
+        try:
+            response = await self._clip.SelectKeyFrames(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("clip_service", error) from error
+        return [KeyFrameChoice(s.text, s.representative, tuple(s.key_frames)) for s in response.selections]
+
+    async def build_contexts(
+        self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], options: context_pb2.ContextOptions
+    ) -> list[TextContexts]:
+        """Contexts per choice; only the frames the choices use are sent."""
+        used = sorted({i for c in choices for i in (*c.key_frames, c.representative)})
+        position = {index: slot for slot, index in enumerate(used)}
+        request = context_pb2.BuildContextsRequest(
+            frames=[common_pb2.Image(data=frames[i]) for i in used],
+            queries=[
+                context_pb2.ContextQuery(
+                    text=c.text, key_frames=[position[k] for k in c.key_frames],
+                    representative=position[c.representative],
+                )
+                for c in choices
+            ],
+            options=options,
+        )
+        try:
+            response = await self._context.BuildContexts(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("context_service", error) from error
+        return [TextContexts(c.position_context.data, c.temporal_context.data) for c in response.contexts]
+
+    async def score(
+        self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], contexts: Sequence[TextContexts],
+        options: lvlm_pb2.ScoreOptions,
+    ) -> tuple[list[dict[str, StreamScore]], lvlm_pb2.Usage]:
+        """All 3 images x k texts of a segment in one request. Texts that share their
+        representative frame share one FRAME item (the engine sees the image once)."""
+        by_frame: dict[int, list[str]] = {}
+        for choice in choices:
+            by_frame.setdefault(choice.representative, []).append(choice.text)
+        items = [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=frames[index]), kind=lvlm_pb2.CONTEXT_KIND_FRAME,
+                                    texts=texts) for index, texts in by_frame.items()]
+        for choice, context in zip(choices, contexts, strict=True):
+            items.append(lvlm_pb2.ScoreItem(image=common_pb2.Image(data=context.position),
+                                            kind=lvlm_pb2.CONTEXT_KIND_POSITION, texts=[choice.text]))
+            items.append(lvlm_pb2.ScoreItem(image=common_pb2.Image(data=context.temporal),
+                                            kind=lvlm_pb2.CONTEXT_KIND_TEMPORAL, texts=[choice.text]))
+        try:
+            response = await self._lvlm.Score(lvlm_pb2.ScoreRequest(items=items, options=options),
+                                              timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("lvlm_service", error) from error
+        streams: dict[int, str] = {
+            lvlm_pb2.CONTEXT_KIND_FRAME: "frame", lvlm_pb2.CONTEXT_KIND_POSITION: "position",
+            lvlm_pb2.CONTEXT_KIND_TEMPORAL: "temporal",
+        }
+        per_text: dict[str, dict[str, StreamScore]] = {c.text: {} for c in choices}
+        for item in response.items:
+            for s in item.scores:
+                per_text[s.text][streams[item.kind]] = StreamScore(s.score, s.reason, s.parsed, s.error)
+        return [per_text[c.text] for c in choices], response.usage

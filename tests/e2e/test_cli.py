@@ -1,0 +1,119 @@
+"""The `anyanomaly` command as a user runs it: subprocesses, tiny models, real clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.fixtures import REPO_ROOT, avenue_clip
+
+ANYANOMALY = str(Path(sys.executable).parent / "anyanomaly")
+SEGMENT_KEYS = {"index", "start_frame", "end_frame", "key_frames", "scores", "max_fused"}
+SCORE_KEYS = {"frame", "position", "temporal", "fused", "reason"}
+TOP_KEYS = {"source", "texts", "models", "fps", "num_frames", "segment_length", "tail_policy", "fusion_weights",
+            "sigma", "segments", "frame_scores"}
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ANYANOMALY, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def check_schema(result: dict[str, object], frames: int, texts: list[str]) -> None:
+    assert set(result) >= TOP_KEYS
+    assert result["texts"] == texts and result["num_frames"] == frames
+    assert result["segment_length"] == 24 and result["tail_policy"] == "score"
+    assert result["fusion_weights"] == [0.6, 0.3, 0.1] and result["sigma"] == 15.0
+    frame_scores = result["frame_scores"]
+    assert isinstance(frame_scores, list) and len(frame_scores) == frames
+    assert all(isinstance(v, float) for v in frame_scores)
+    segments = result["segments"]
+    assert isinstance(segments, list) and segments
+    for segment in segments:
+        assert set(segment) >= SEGMENT_KEYS
+        assert set(segment["key_frames"]) == set(texts) and all(len(k) == 4 for k in segment["key_frames"].values())
+        for scores in segment["scores"].values():
+            assert set(scores) >= SCORE_KEYS and isinstance(scores["reason"], str)
+        assert segment["max_fused"] == max(s["fused"] for s in segment["scores"].values())
+    assert "meaningless" in result["models"]["warning"]  # type: ignore[index]
+
+
+def test_detect_with_the_embedded_stack_writes_the_result_json(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "result.json"
+    done = run("detect", str(avenue_clip("21")), "-t", "running", "-t", "bicycle", "--models", "tiny",
+               "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(output.read_text())
+    check_schema(result, 76, ["running", "bicycle"])
+    assert [(s["start_frame"], s["end_frame"]) for s in result["segments"]] == [(0, 24), (24, 48), (48, 72),
+                                                                                (72, 76)]
+    assert "result written to" in done.stdout and "meaningless" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["detect", "/no/such/video.mp4", "-t", "car", "--models", "tiny"], "no such file or folder"),
+        (["detect", str(REPO_ROOT / "README.md"), "-t", "car", "--address", "127.0.0.1:9"],
+         "cannot reach the orchestrator at 127.0.0.1:9"),
+        (["detect", "x.mp4", "-t", "car", "--lvlm-url", "http://gpu:8000/v1"], "--lvlm-url and --lvlm-model"),
+    ],
+)
+def test_bad_command_lines_fail_with_one_clear_line(args: list[str], message: str) -> None:
+    done = run(*args, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anyanomaly: error:") and message in lines[0], done.stderr
+
+
+def test_detect_without_texts_is_a_usage_error() -> None:
+    done = run("detect", str(avenue_clip("21")))
+    assert done.returncode == 2 and "-t/--text" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    """`anyanomaly serve --models tiny` in the background; yields the orchestrator address."""
+    process = subprocess.Popen([ANYANOMALY, "serve", "--models", "tiny", "--port", "0"], cwd=REPO_ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    addresses = {}
+    for line in process.stdout:
+        if line.startswith("ready"):
+            break
+        name, _, address = line.partition(" ")
+        addresses[name] = address.strip()
+    try:
+        assert set(addresses) >= {"clip_service", "context_service", "lvlm_service", "orchestrator"}
+        yield addresses["orchestrator"]
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0 and "stopped" in out
+
+
+def test_detect_against_a_served_stack(served: str, tmp_path: Path) -> None:
+    output = tmp_path / "r.json"
+    folder = REPO_ROOT.parent / "shared" / "fixtures" / "real" / "ucsd_ped2" / "testing" / "frames" / "01"
+    done = run("detect", str(folder), "-t", "cyclist", "--address", served, "--output", str(output), "--quiet")
+    assert done.returncode == 0, done.stderr
+    check_schema(json.loads(output.read_text()), 180, ["cyclist"])
+
+
+def test_served_stack_rejects_bad_sources_and_keeps_serving(served: str, tmp_path: Path) -> None:
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(1000))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for source, message in ((corrupt, "broken.mp4"), (empty, "no frames in this folder")):
+        done = run("detect", str(source), "-t", "car", "--address", served)
+        assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    done = run("detect", str(avenue_clip("08")), "-t", "running", "--address", served, "--quiet")
+    assert done.returncode == 0 and "36 frames" in done.stdout

@@ -1,0 +1,124 @@
+"""FakeOpenAIServer: a small local HTTP server that speaks the OpenAI chat-completions
+protocol like `vllm serve` does, for testing the lvlm_service `openai` backend on a
+machine without a GPU. It records every request and checks its shape; each test
+scripts the answers (text, malformed bodies, errors, delays)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    content: str = "Score: 0.7. Reason: a person runs across the plaza."
+    status: int = 200
+    raw_body: str | None = None  # sent instead of a well-formed completion
+    hold: threading.Event | None = None  # wait for this before answering (a slow engine)
+
+
+@dataclass
+class FakeOpenAIServer:
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    answer: Callable[[dict[str, Any]], Reply] = field(default=lambda request: Reply())
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # request-shape violations
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def check(self, request: dict[str, Any]) -> None:
+        """The request shape the backend must send (vLLM's chat-completions schema)."""
+        problems = []
+        if request.get("model") != self.model:
+            problems.append(f"model {request.get('model')!r}")
+        if request.get("temperature") != 0:
+            problems.append(f"temperature {request.get('temperature')!r}")
+        if not isinstance(request.get("max_tokens"), int) or request["max_tokens"] <= 0:
+            problems.append(f"max_tokens {request.get('max_tokens')!r}")
+        user = [m for m in request.get("messages", []) if m.get("role") == "user"]
+        if len(user) != 1 or not isinstance(user[0].get("content"), list):
+            problems.append("one user message with a content list expected")
+        else:
+            parts = user[0]["content"]
+            kinds = [p.get("type") for p in parts]
+            if kinds != ["image_url", "text"]:
+                problems.append(f"content parts {kinds} (image first, then text)")
+            elif not parts[0]["image_url"]["url"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,")):
+                problems.append("image is not a base64 data URL")
+        with self._lock:
+            self.problems.extend(problems)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                if self.path != "/v1/chat/completions":
+                    self.send_error(404)
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.requests.append(body)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    server.check(body)
+                    reply = server.answer(body)
+                    if reply.hold is not None:
+                        reply.hold.wait(timeout=30)
+                    self._send(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _send(self, reply: Reply) -> None:
+                if reply.raw_body is not None:
+                    payload = reply.raw_body.encode()
+                elif reply.status != 200:
+                    payload = json.dumps({"error": {"message": "engine error", "code": reply.status}}).encode()
+                else:
+                    payload = json.dumps({
+                        "id": "chatcmpl-test", "object": "chat.completion", "model": server.model,
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": reply.content}}],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 12, "total_tokens": 112},
+                    }).encode()
+                self.send_response(reply.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        return Handler
+
+
+def prompt_text(request: dict[str, Any]) -> str:
+    user = next(m for m in request["messages"] if m["role"] == "user")
+    return str(user["content"][1]["text"])

@@ -1,0 +1,144 @@
+"""Orchestrator.Detect end to end over the four real services (tiny models) on real clips."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from scipy.ndimage import gaussian_filter1d
+
+from services.common.clients import open_channel
+from tests.conftest import Stack
+from tests.helpers.fixtures import avenue_clip, fixtures_root
+
+
+def ped2_frames(name: str = "04") -> Path:
+    return fixtures_root() / "ucsd_ped2" / "testing" / "frames" / name
+
+
+def frame_folder(tmp_path: Path, count: int, name: str = "frames") -> Path:
+    """The first `count` Ped2 test-04 frames in a folder of their own (same file names)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for source in sorted(ped2_frames().glob("*.jpg"))[:count]:
+        shutil.copy(source, folder / source.name)
+    return folder
+
+
+async def detect(
+    address: str, source: orchestrator_pb2.VideoSource, texts: list[str], **options: object
+) -> list[orchestrator_pb2.DetectUpdate]:
+    request = orchestrator_pb2.DetectRequest(
+        source=source, texts=texts, options=orchestrator_pb2.DetectOptions(**options)  # type: ignore[arg-type]
+    )
+    async with open_channel(address) as channel:
+        return [u async for u in orchestrator_pb2_grpc.OrchestratorStub(channel).Detect(request)]
+
+
+def split(updates: list[orchestrator_pb2.DetectUpdate]) -> tuple[
+    orchestrator_pb2.DetectStarted, list[orchestrator_pb2.SegmentResult], orchestrator_pb2.Summary
+]:
+    kinds = [u.WhichOneof("update") for u in updates]
+    assert kinds[0] == "started" and kinds[-1] == "summary" and set(kinds[1:-1]) <= {"segment"}
+    return updates[0].started, [u.segment for u in updates[1:-1]], updates[-1].summary
+
+
+async def test_avenue_video_streams_11_segments_plus_the_tail_in_order(stack: Stack) -> None:
+    updates = await detect(stack.orchestrator.address, orchestrator_pb2.VideoSource(path=str(avenue_clip("20"))),
+                           ["running-throwing"])
+    started, segments, summary = split(updates)
+    assert list(started.texts) == ["running", "throwing"]
+    assert (started.num_frames, started.fps, started.segment_length) == (273, 25.0, 24)
+    assert [s.index for s in segments] == list(range(12))
+    assert [(s.start_frame, s.end_frame) for s in segments] == [(24 * i, 24 * i + 24) for i in range(11)] + [
+        (264, 273)]
+    for segment in segments:
+        assert [t.text for t in segment.scores] == ["running", "throwing"]
+        for text in segment.scores:
+            assert len(text.key_frames) == 4
+            assert all(segment.start_frame <= k < segment.end_frame for k in text.key_frames)
+            expected = 0.6 * text.frame.score + 0.3 * text.position.score + 0.1 * text.temporal.score
+            assert text.fused == pytest.approx(expected, abs=1e-6)
+            assert all(0 <= s.score <= 1 for s in (text.frame, text.position, text.temporal))
+        assert segment.max_fused == pytest.approx(max(t.fused for t in segment.scores))
+    assert (summary.num_frames, summary.scored_frames, len(summary.frame_scores)) == (273, 273, 273)
+    expanded = np.repeat([s.max_fused for s in segments], [s.end_frame - s.start_frame for s in segments])
+    np.testing.assert_allclose(summary.frame_scores, gaussian_filter1d(expanded, 15.0), atol=1e-5)
+    assert summary.tail_policy == orchestrator_pb2.TAIL_POLICY_SCORE
+    assert list(summary.fusion_weights) == pytest.approx([0.6, 0.3, 0.1])
+    assert summary.clip_model.random_weights and summary.lvlm_model.random_weights
+    # 3 images x 2 texts per segment, plus one retry per unreadable answer.
+    assert summary.lvlm_usage.calls >= 12 * 6
+
+
+async def test_ped2_frame_folder_gives_180_frame_scores(stack: Stack) -> None:
+    updates = await detect(stack.orchestrator.address,
+                           orchestrator_pb2.VideoSource(frame_folder=str(ped2_frames("04"))), ["cart"])
+    started, segments, summary = split(updates)
+    assert started.num_frames == 180 and started.fps == 0
+    assert [(s.start_frame, s.end_frame) for s in segments][-2:] == [(144, 168), (168, 180)]
+    assert len(summary.frame_scores) == 180 and summary.scored_frames == 180
+
+
+@pytest.mark.parametrize(
+    ("count", "options", "spans", "scored"),
+    [
+        (29, {}, [(0, 24), (24, 29)], 29),  # a tail of 5 frames is scored on its own
+        (26, {}, [(0, 24)], 26),  # a tail of 2 frames takes the last segment's score
+        (29, {"tail_policy": orchestrator_pb2.TAIL_POLICY_DROP}, [(0, 24)], 24),
+        (29, {"profile": 2}, [(0, 24)], 24),  # parity drops the tail, as the reference
+        (20, {"tail_policy": orchestrator_pb2.TAIL_POLICY_DROP}, [], 0),  # shorter than a segment: nothing
+    ],
+)
+async def test_tail_policies(
+    stack: Stack, tmp_path: Path, count: int, options: dict[str, object], spans: list[tuple[int, int]], scored: int
+) -> None:
+    folder = frame_folder(tmp_path, count)
+    updates = await detect(stack.orchestrator.address, orchestrator_pb2.VideoSource(frame_folder=str(folder)),
+                           ["bicycle"], sigma=0.0, **options)
+    _, segments, summary = split(updates)
+    assert [(s.start_frame, s.end_frame) for s in segments] == spans
+    assert summary.scored_frames == scored and len(summary.frame_scores) == count
+    assert all(v == 0 for v in summary.frame_scores[scored:])
+    if segments:
+        assert summary.frame_scores[scored - 1] == pytest.approx(segments[-1].max_fused)
+
+
+async def test_bad_inputs_are_refused_and_the_stack_keeps_serving(stack: Stack, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.avi"
+    corrupt.write_bytes(b"RIFF" + bytes(range(256)) * 40)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    good_folder = frame_folder(tmp_path, 8, "good")
+    source = orchestrator_pb2.VideoSource
+    cases: list[tuple[orchestrator_pb2.VideoSource, list[str], dict[str, object], str]] = [
+        (source(path=str(tmp_path / "missing.mp4")), ["car"], {}, "no such file or folder"),
+        (source(path=str(corrupt)), ["car"], {}, "corrupt.avi"),
+        (source(frame_folder=str(empty)), ["car"], {}, "no frames in this folder"),
+        (source(frame_folder=str(good_folder)), [], {}, "no texts given"),
+        (source(frame_folder=str(good_folder)), ["x" * 301], {}, "limit is 300"),
+        (source(frame_folder=str(good_folder)), ["car"], {"fusion_weights": [1.0, -1.0, 0.0]}, "fusion_weights"),
+        (source(frame_folder=str(good_folder)), ["car"], {"preset": "ucf"}, "unknown preset"),
+        (source(), ["car"], {}, "no source given"),
+    ]
+    for bad_source, texts, options, message in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await detect(stack.orchestrator.address, bad_source, texts, **options)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert message in (caught.value.details() or "")
+        _, segments, _ = split(await detect(stack.orchestrator.address, source(frame_folder=str(good_folder)),
+                                            ["car"]))
+        assert len(segments) == 1  # 8 frames: one scored partial segment
+
+
+async def test_a_dead_lvlm_service_gives_unavailable(stack: Stack, tmp_path: Path) -> None:
+    await stack.lvlm.shutdown(0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await detect(stack.orchestrator.address,
+                     orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 8))), ["car"])
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "lvlm_service" in (caught.value.details() or "")

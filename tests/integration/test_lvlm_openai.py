@@ -1,0 +1,180 @@
+"""lvlm_service with the `openai` backend against FakeOpenAIServer (a local
+OpenAI-compatible HTTP server standing in for `vllm serve`, which needs a GPU)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
+
+from services.common.clients import open_channel
+from services.common.images import encode_png
+from services.common.server import RunningServer
+from tests.conftest import lvlm_settings, start_lvlm
+from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text
+
+IMAGE = encode_png(np.full((64, 96, 3), 120, np.uint8))
+
+
+def segment_items(texts: list[str]) -> list[lvlm_pb2.ScoreItem]:
+    image = common_pb2.Image(data=IMAGE)
+    return [
+        lvlm_pb2.ScoreItem(image=image, kind=lvlm_pb2.CONTEXT_KIND_FRAME, texts=texts),
+        *(lvlm_pb2.ScoreItem(image=image, kind=kind, texts=[t])
+          for t in texts for kind in (lvlm_pb2.CONTEXT_KIND_POSITION, lvlm_pb2.CONTEXT_KIND_TEMPORAL)),
+    ]
+
+
+async def score(address: str, items: list[lvlm_pb2.ScoreItem], **options: Any) -> lvlm_pb2.ScoreResponse:
+    async with open_channel(address) as channel:
+        return await lvlm_pb2_grpc.LvlmServiceStub(channel).Score(
+            lvlm_pb2.ScoreRequest(items=items, options=lvlm_pb2.ScoreOptions(**options))
+        )
+
+
+@pytest_asyncio.fixture
+async def fake() -> AsyncIterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+async def openai_lvlm(server: FakeOpenAIServer, **overrides: Any) -> RunningServer:
+    return await start_lvlm(lvlm_settings(backend="openai", openai_url=server.url, openai_model=server.model,
+                                          max_tokens=128, **overrides))
+
+
+async def test_one_request_per_image_and_text_with_the_right_shape(fake: FakeOpenAIServer) -> None:
+    lvlm = await openai_lvlm(fake)
+    try:
+        response = await score(lvlm.address, segment_items(["running", "bicycle"]))
+    finally:
+        await lvlm.shutdown(1.0)
+    assert fake.problems == []
+    assert len(fake.requests) == 6  # 3 images x 2 texts
+    assert all(r["max_tokens"] == 128 for r in fake.requests)
+    prompts = [prompt_text(r) for r in fake.requests]
+    assert sum("**Context**" in p for p in prompts) == 2  # P* for the two temporal contexts
+    assert sum("**running**" in p for p in prompts) == 3
+    assert [item.kind for item in response.items] == [
+        lvlm_pb2.CONTEXT_KIND_FRAME, lvlm_pb2.CONTEXT_KIND_POSITION, lvlm_pb2.CONTEXT_KIND_TEMPORAL,
+        lvlm_pb2.CONTEXT_KIND_POSITION, lvlm_pb2.CONTEXT_KIND_TEMPORAL]
+    first = response.items[0].scores
+    assert [s.text for s in first] == ["running", "bicycle"]
+    assert all(s.parsed and s.score == pytest.approx(0.7) for item in response.items for s in item.scores)
+    assert first[0].reason == "a person runs across the plaza."
+    assert first[0].raw_answer.startswith("Score: 0.7")
+    assert (response.usage.calls, response.usage.images) == (6, 6)
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (600, 72)
+
+
+async def test_requests_run_concurrently_up_to_the_limit(fake: FakeOpenAIServer) -> None:
+    both_in = threading.Barrier(2, timeout=10)
+
+    def answer(request: dict[str, Any]) -> Reply:
+        both_in.wait()  # only passes when two requests are inside the server at once
+        return Reply()
+
+    fake.answer = answer
+    lvlm = await openai_lvlm(fake, max_concurrency=2)
+    try:
+        response = await score(lvlm.address, segment_items(["running", "bicycle"]))
+    finally:
+        await lvlm.shutdown(1.0)
+    assert fake.max_in_flight == 2
+    assert all(s.parsed for item in response.items for s in item.scores)
+
+
+async def test_unreadable_answers_are_retried_once_then_reported(fake: FakeOpenAIServer) -> None:
+    def answer(request: dict[str, Any]) -> Reply:
+        text = prompt_text(request)
+        if "bicycle" in text:
+            return Reply("I cannot tell.")  # never a score
+        if "score first" in text:
+            return Reply("0.4 - on a second look, someone is running")
+        return Reply("Running is hard to judge here.")  # the first answer for running has no score
+
+    fake.answer = answer
+    lvlm = await openai_lvlm(fake)
+    try:
+        response = await score(lvlm.address, [lvlm_pb2.ScoreItem(
+            image=common_pb2.Image(data=IMAGE), kind=lvlm_pb2.CONTEXT_KIND_FRAME, texts=["running", "bicycle"])])
+    finally:
+        await lvlm.shutdown(1.0)
+    running, bicycle = response.items[0].scores
+    assert running.parsed and running.score == pytest.approx(0.4) and running.attempts == 2
+    assert (bicycle.parsed, bicycle.score, bicycle.attempts) == (False, 0.0, 2)
+    assert bicycle.error == "no score in the answer" and bicycle.raw_answer == "I cannot tell."
+    assert response.usage.calls == 4
+
+
+async def test_malformed_replies_errors_and_slow_answers_are_marked_not_fatal(fake: FakeOpenAIServer) -> None:
+    release = threading.Event()
+
+    def answer(request: dict[str, Any]) -> Reply:
+        text = prompt_text(request)
+        if "**car**" in text:
+            return Reply(raw_body="{not json")
+        if "**dog**" in text:
+            return Reply(status=500)
+        if "**stroller**" in text:
+            return Reply(hold=release)  # slower than the request timeout
+        return Reply()
+
+    fake.answer = answer
+    lvlm = await openai_lvlm(fake, request_timeout_seconds=0.5)
+    try:
+        response = await score(lvlm.address, [lvlm_pb2.ScoreItem(
+            image=common_pb2.Image(data=IMAGE), kind=lvlm_pb2.CONTEXT_KIND_FRAME,
+            texts=["car", "dog", "stroller", "running"])])
+    finally:
+        release.set()
+        await lvlm.shutdown(1.0)
+    car, dog, stroller, running = response.items[0].scores
+    assert not car.parsed and "malformed reply" in car.error
+    assert not dog.parsed and "HTTP 500" in dog.error
+    assert not stroller.parsed and "did not answer within 0.5 s" in stroller.error
+    assert running.parsed and running.score == pytest.approx(0.7)
+    assert car.attempts == dog.attempts == stroller.attempts == 1  # engine failures are not parse retries
+
+
+async def test_an_unreachable_server_gives_unavailable() -> None:
+    with FakeOpenAIServer() as server:
+        url, model = server.url, server.model  # the server is gone once the block ends
+    lvlm = await start_lvlm(lvlm_settings(backend="openai", openai_url=url, openai_model=model))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await score(lvlm.address, segment_items(["running"]))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "unreachable" in (caught.value.details() or "")
+    finally:
+        await lvlm.shutdown(1.0)
+
+
+async def test_bad_score_requests_are_invalid_argument(fake: FakeOpenAIServer) -> None:
+    lvlm = await openai_lvlm(fake)
+    image = common_pb2.Image(data=IMAGE)
+    cases = [
+        ([], "no items given"),
+        ([lvlm_pb2.ScoreItem(image=image, texts=["car"])], "kind must be"),
+        ([lvlm_pb2.ScoreItem(image=common_pb2.Image(data=b"xx"), kind=lvlm_pb2.CONTEXT_KIND_FRAME, texts=["car"])],
+         "not a JPEG or PNG"),
+        ([lvlm_pb2.ScoreItem(image=image, kind=lvlm_pb2.CONTEXT_KIND_FRAME, texts=[])], "no items[0].texts given"),
+    ]
+    try:
+        for items, message in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await score(lvlm.address, items)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in (caught.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await score(lvlm.address, segment_items(["car"]), preset="ucf")
+        assert "unknown preset" in (caught.value.details() or "")
+        assert (await score(lvlm.address, segment_items(["car"]))).usage.calls == 3
+    finally:
+        await lvlm.shutdown(1.0)
