@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from anyanomaly.v1 import common_pb2, context_pb2, context_pb2_grpc
 
+from services.common.profiles import profile_name
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor
 from services.context_service.clip_client import ClipClient
@@ -13,16 +14,10 @@ from services.context_service.params import ContextParams, resolve_params
 
 SERVICE_NAME = context_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
 
-PROFILE_NAMES = {
-    common_pb2.PROFILE_UNSPECIFIED: "default",
-    common_pb2.PROFILE_DEFAULT: "default",
-    common_pb2.PROFILE_PARITY: "parity",
-}
-
 
 def params_from_proto(options: context_pb2.ContextOptions) -> ContextParams:
     return resolve_params(
-        profile=PROFILE_NAMES.get(options.profile, f"<unknown profile {options.profile}>"),
+        profile=profile_name(options.profile),
         preset=options.preset,
         window_sizes=tuple(options.window_sizes),
         half_stride=options.half_stride,

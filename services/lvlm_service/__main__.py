@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 from services.common.errors import ModelLoadError
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec, _ = build_service(settings)
     except ModelLoadError as error:  # a setting is missing: say which, before binding anything
-        print(error, file=sys.stderr)
+        logging.getLogger("anyanomaly.lvlm").error(str(error))
         return 2
     return asyncio.run(serve(spec, settings))
 

@@ -9,8 +9,9 @@ from services.common.config import ServerSettings, load_settings, setting
 
 ENV_PREFIX = "ANYANOMALY_LVLM"
 DEFAULT_PORT = 50053
-# Small enough to answer in seconds on a CPU; GPU sites run a 7B model behind vLLM (--backend openai).
-DEFAULT_LOCAL_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
+# The smallest instruction-tuned model of the Qwen2-VL family (the architecture the tests run
+# through this backend); usable on a CPU box. GPU sites run Qwen2.5-VL-7B behind vLLM (--backend openai).
+DEFAULT_LOCAL_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 
 
 @dataclass

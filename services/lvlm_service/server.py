@@ -6,6 +6,7 @@ from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 
 from services.common.errors import InvalidInput
 from services.common.presets import get_preset
+from services.common.profiles import profile_name
 from services.common.server import RpcContext, ServiceSpec
 from services.lvlm_service.backends.base import Backend
 from services.lvlm_service.config import LvlmSettings
@@ -25,19 +26,15 @@ PARSERS = {
     lvlm_pb2.SCORE_PARSER_ROBUST: Parser.ROBUST,
     lvlm_pb2.SCORE_PARSER_FIRST_NUMBER: Parser.FIRST_NUMBER,
 }
-PROFILES = {common_pb2.PROFILE_UNSPECIFIED: "default", common_pb2.PROFILE_DEFAULT: "default",
-            common_pb2.PROFILE_PARITY: "parity"}
 
 
 def params_from_proto(options: lvlm_pb2.ScoreOptions) -> ScoreParams:
-    if options.profile not in PROFILES:
-        raise InvalidInput(f"unknown profile value {options.profile}")
     if options.parser not in PARSERS:
         raise InvalidInput(f"unknown score parser value {options.parser}")
     if options.max_tokens < 0:
         raise InvalidInput(f"max_tokens must not be negative, got {options.max_tokens}")
     get_preset(options.preset)  # an unknown preset is refused here
-    return ScoreParams(PROFILES[options.profile], options.preset, PARSERS[options.parser], options.max_tokens)
+    return ScoreParams(profile_name(options.profile), options.preset, PARSERS[options.parser], options.max_tokens)
 
 
 def items_from_proto(items: list[lvlm_pb2.ScoreItem]) -> list[Item]:

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from anyanomaly.v1 import common_pb2, orchestrator_pb2
+from anyanomaly.v1 import orchestrator_pb2
 from tqdm import tqdm
 
+from services.common.profiles import VALUES as PROFILE_VALUES
 from services.launcher import EmbeddedStack, StackError, StackOptions
 from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_stream
 
 PROG = "anyanomaly"
 BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
-PROFILES = {"default": common_pb2.PROFILE_DEFAULT, "parity": common_pb2.PROFILE_PARITY}
 TAILS = {"score": orchestrator_pb2.TAIL_POLICY_SCORE, "drop": orchestrator_pb2.TAIL_POLICY_DROP}
 
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--output", type=Path, default=None, help="write the result JSON here")
     detect.add_argument("--address", default="", help="an orchestrator HOST:PORT (default: start the embedded stack)")
     _add_stack_options(detect)
-    detect.add_argument("--profile", choices=tuple(PROFILES), default="default",
+    detect.add_argument("--profile", choices=tuple(PROFILE_VALUES), default="default",
                         help="'parity' reproduces the authors' code, quirks included")
     detect.add_argument("--preset", default="", help="dataset preset: shtech (default), avenue or custom")
     detect.add_argument("--segment-length", type=int, default=0, help="frames per segment (default 24)")
@@ -89,7 +89,7 @@ def _source(argument: str, remote: bool) -> orchestrator_pb2.VideoSource:
 
 def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
     options = orchestrator_pb2.DetectOptions(
-        profile=PROFILES[args.profile], preset=args.preset, segment_length=args.segment_length,
+        profile=PROFILE_VALUES[args.profile], preset=args.preset, segment_length=args.segment_length,
         fusion_weights=args.weights or [], keep_hyphenated_texts=args.keep_hyphens,
     )
     if args.sigma is not None:

@@ -8,20 +8,17 @@ from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
 
 from services.common.errors import InvalidInput
 from services.common.presets import get_preset
+from services.common.profiles import profile_name
 from services.orchestrator.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS
 from services.orchestrator.pipeline import MIN_SEGMENT_FRAMES, DetectParams
 
 DEFAULT_SEGMENT_LENGTH = 24
 MAX_SEGMENT_LENGTH = 1024
-PROFILES = {common_pb2.PROFILE_UNSPECIFIED: "default", common_pb2.PROFILE_DEFAULT: "default",
-            common_pb2.PROFILE_PARITY: "parity"}
 TAIL_POLICIES = {orchestrator_pb2.TAIL_POLICY_SCORE: "score", orchestrator_pb2.TAIL_POLICY_DROP: "drop"}
 
 
 def resolve(options: orchestrator_pb2.DetectOptions, max_in_flight: int) -> DetectParams:
-    if options.profile not in PROFILES:
-        raise InvalidInput(f"unknown profile value {options.profile}")
-    profile = PROFILES[options.profile]
+    profile = profile_name(options.profile)
     preset = get_preset(options.preset).name
     length = options.segment_length or DEFAULT_SEGMENT_LENGTH
     if not MIN_SEGMENT_FRAMES <= length <= MAX_SEGMENT_LENGTH:
