@@ -39,6 +39,7 @@ class StackOptions:
     host: str = "127.0.0.1"
     orchestrator_port: int = 0
     log_dir: Path | None = None  # service logs; None keeps only the last lines for error messages
+    profile: str = "default"  # the services' profile for requests that name none
     extra_args: dict[str, Sequence[str]] = field(default_factory=dict)  # per service, appended
 
 
@@ -102,7 +103,7 @@ class EmbeddedStack:
             log_file = (self.options.log_dir / f"{name}.log").open("a")
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{name}", "--host", self.options.host, "--port", str(port),
-            "--log-format", "json", *args, *self.options.extra_args.get(name, ()),
+            "--log-format", "json", "--profile", self.options.profile, *args, *self.options.extra_args.get(name, ()),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

@@ -38,6 +38,8 @@ class ServerSettings:
     metrics_port: int = setting(0, "serve Prometheus metrics on this port; 0 disables")
     log_level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "log line format", choices=("json", "text"))
+    profile: str = setting("default", "behaviour for requests that do not name a profile: 'default' (production "
+                           "choices) or 'parity' (the authors' code, quirks included)", choices=("default", "parity"))
 
 
 def _flag(name: str) -> str:

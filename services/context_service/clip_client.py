@@ -39,6 +39,18 @@ class ClipClient:
         grids = [WindowGrid(g.size, g.stride, g.rows, g.cols, g.offset) for g in response.layouts]
         return from_tensor(response.embeddings), grids
 
+    async def embed_images(self, images: Sequence[bytes], normalize: bool) -> np.ndarray:
+        """(num_images, D) embeddings of whole images, squashed to CLIP's input size."""
+        request = clip_pb2.EmbedImagesRequest(
+            images=[common_pb2.Image(data=data) for data in images],
+            preprocess=clip_pb2.PREPROCESS_SQUASH_NORMALIZED if normalize else clip_pb2.PREPROCESS_SQUASH,
+        )
+        try:
+            response = await self._stub.EmbedImages(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("clip_service", error) from error
+        return from_tensor(response.embeddings)
+
     async def embed_texts(self, texts: Sequence[str], template_ensemble: bool) -> np.ndarray:
         encoding = clip_pb2.TEXT_ENCODING_TEMPLATE_ENSEMBLE if template_ensemble else clip_pb2.TEXT_ENCODING_RAW
         try:

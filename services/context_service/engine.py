@@ -16,8 +16,8 @@ from services.common.images import decode_image, encode_png
 from services.common.validation import validate_texts
 from services.common.windows import WindowGrid
 from services.context_service.config import ContextSettings
-from services.context_service.grid import compose_grid, locate, select_position
-from services.context_service.params import GRID_SIZE, OUTPUT_SIZE, ContextParams
+from services.context_service.grid import all_grids, compose_grid, locate, select_grid, select_position
+from services.context_service.params import GRID_SIZE, OUTPUT_SIZE, ContextParams, TemporalSelection
 from services.context_service.winclip import attention_map, class_list, minmax, position_context
 
 
@@ -27,6 +27,8 @@ class WindowEmbedder(Protocol):
     ) -> tuple[np.ndarray, list[WindowGrid]]: ...
 
     async def embed_texts(self, texts: Sequence[str], template_ensemble: bool) -> np.ndarray: ...
+
+    async def embed_images(self, images: Sequence[bytes], normalize: bool) -> np.ndarray: ...
 
     async def close(self) -> None: ...
 
@@ -54,6 +56,18 @@ class TextContext:
     temporal_png: bytes
     grid_choice: GridChoice
     attention_map: np.ndarray | None  # (224, 224) min-max normalised, when requested
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """What clip_service computed for one request."""
+
+    windows: np.ndarray  # (frames used, windows, D)
+    grids: list[WindowGrid]
+    row_of: dict[int, int]  # request frame index -> row of `windows`
+    classes: list[str]
+    class_matrix: np.ndarray  # (classes, D), template ensemble
+    text_vectors: dict[str, np.ndarray]  # raw text embeddings
 
 
 @dataclass(frozen=True)
@@ -133,36 +147,52 @@ class ContextEngine:
             self.clip.embed_texts(classes, template_ensemble=True),
             self.clip.embed_texts(texts, template_ensemble=False),
         )
-        row_of = {index: row for row, index in enumerate(used)}
-        results = await asyncio.to_thread(
-            self._compose_all, queries, prepared, row_of, windows, grids, classes, class_matrix,
-            dict(zip(texts, text_vectors, strict=True)), params,
-        )
+        embedded = _Embedded(windows, grids, {index: row for row, index in enumerate(used)}, classes,
+                             class_matrix, dict(zip(texts, text_vectors, strict=True)))
+        chosen = None
+        if params.temporal_selection is TemporalSelection.GRID_EMBEDDING:
+            chosen = await self._choose_by_grid_embedding(queries, prepared, embedded, params)
+        results = await asyncio.to_thread(self._compose_all, queries, prepared, embedded, params, chosen)
         return results, classes
+
+    async def _choose_by_grid_embedding(
+        self, queries: Sequence[Query], prepared: dict[int, _Frame], embedded: _Embedded, params: ContextParams
+    ) -> list[tuple[int, float]]:
+        """Embed every candidate grid of every query in one call; the most text-like grid wins."""
+        def mosaics() -> list[bytes]:
+            return [encode_png(m) for q in queries
+                    for m in all_grids([prepared[k].squashed for k in q.key_frames], embedded.grids)]
+
+        pngs = await asyncio.to_thread(mosaics)
+        vectors = await self.clip.embed_images(pngs, params.choices.normalize_windows)
+        per_query = len(pngs) // len(queries)
+        return [
+            select_grid(vectors[i * per_query : (i + 1) * per_query], embedded.text_vectors[q.text])
+            for i, q in enumerate(queries)
+        ]
 
     def _compose_all(
         self,
         queries: Sequence[Query],
         prepared: dict[int, _Frame],
-        row_of: dict[int, int],
-        windows: np.ndarray,
-        grids: list[WindowGrid],
-        classes: list[str],
-        class_matrix: np.ndarray,
-        text_vectors: dict[str, np.ndarray],
+        embedded: _Embedded,
         params: ContextParams,
+        chosen: list[tuple[int, float]] | None,
     ) -> list[TextContext]:
         results = []
-        for query in queries:
+        for position, query in enumerate(queries):
             score_map = attention_map(
-                windows[row_of[query.representative]], grids, class_matrix, classes.index(query.text),
-                params.choices.logit_scale, params.choices.class_adaptive,
+                embedded.windows[embedded.row_of[query.representative]], embedded.grids, embedded.class_matrix,
+                embedded.classes.index(query.text), params.choices.logit_scale, params.choices.class_adaptive,
             )
             mask = minmax(score_map, params.choices.minmax_epsilon)
             pc = position_context(prepared[query.representative].resized, mask)
-            key_windows = windows[[row_of[k] for k in query.key_frames]]
-            candidate, score = select_position(key_windows, text_vectors[query.text])
-            grid, index = locate(grids, candidate)
+            if chosen is None:
+                key_windows = embedded.windows[[embedded.row_of[k] for k in query.key_frames]]
+                candidate, score = select_position(key_windows, embedded.text_vectors[query.text])
+            else:
+                candidate, score = chosen[position]
+            grid, index = locate(embedded.grids, candidate)
             tc = compose_grid([prepared[k].squashed for k in query.key_frames], grid, index)
             row, col = divmod(index, grid.cols)
             results.append(TextContext(

@@ -46,3 +46,15 @@ def compose_grid(squashed_frames: Sequence[np.ndarray], grid: WindowGrid, index:
         row, col = divmod(position, 2)
         canvas[row * TILE_SIZE : (row + 1) * TILE_SIZE, col * TILE_SIZE : (col + 1) * TILE_SIZE] = tile
     return (canvas * np.float32(255)).astype(np.uint8)
+
+
+def all_grids(squashed_frames: Sequence[np.ndarray], grids: Sequence[WindowGrid]) -> list[np.ndarray]:
+    """The mosaic of every candidate position, in candidate order (for grid-embedding selection)."""
+    return [compose_grid(squashed_frames, grid, index) for grid in grids for index in range(grid.count)]
+
+
+def select_grid(grid_embeddings: np.ndarray, text_vector: np.ndarray) -> tuple[int, float]:
+    """The candidate whose composed grid is most similar to the raw text; first on ties."""
+    similarity = grid_embeddings @ text_vector
+    candidate = int(np.argmax(similarity))
+    return candidate, float(similarity[candidate])

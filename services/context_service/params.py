@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from services.common.errors import InvalidInput
 from services.common.presets import DatasetPreset, get_preset
@@ -32,6 +33,11 @@ PROFILES = {
 }
 
 
+class TemporalSelection(Enum):
+    MAX_WINDOW = "max_window"  # the reference: max over the 4 key-frame windows of a position
+    GRID_EMBEDDING = "grid_embedding"  # the paper's description: embed each composed grid
+
+
 @dataclass(frozen=True)
 class ContextParams:
     preset: DatasetPreset
@@ -39,6 +45,7 @@ class ContextParams:
     half_stride: bool
     choices: ProfileChoices
     include_attention_map: bool = False
+    temporal_selection: TemporalSelection = TemporalSelection.MAX_WINDOW
 
     @property
     def window_specs(self) -> list[tuple[int, int]]:
@@ -55,6 +62,7 @@ def resolve_params(
     minmax_epsilon: float | None = None,
     class_adaptive: bool | None = None,
     include_attention_map: bool = False,
+    temporal_selection: TemporalSelection = TemporalSelection.MAX_WINDOW,
 ) -> ContextParams:
     if profile not in PROFILES:
         raise InvalidInput(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
@@ -79,4 +87,4 @@ def resolve_params(
         minmax_epsilon=base.minmax_epsilon if minmax_epsilon is None else minmax_epsilon,
         class_adaptive=base.class_adaptive if class_adaptive is None else class_adaptive,
     )
-    return ContextParams(resolved_preset, sizes, half_stride, choices, include_attention_map)
+    return ContextParams(resolved_preset, sizes, half_stride, choices, include_attention_map, temporal_selection)

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 from anyanomaly.v1 import common_pb2, context_pb2, context_pb2_grpc
 
+from services.common.errors import InvalidInput
 from services.common.profiles import profile_name
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor
 from services.context_service.clip_client import ClipClient
 from services.context_service.config import ContextSettings
 from services.context_service.engine import ContextEngine, Query
-from services.context_service.params import ContextParams, resolve_params
+from services.context_service.params import ContextParams, TemporalSelection, resolve_params
 
 SERVICE_NAME = context_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
 
 
-def params_from_proto(options: context_pb2.ContextOptions) -> ContextParams:
+SELECTIONS = {
+    context_pb2.TEMPORAL_SELECTION_UNSPECIFIED: TemporalSelection.MAX_WINDOW,
+    context_pb2.TEMPORAL_SELECTION_MAX_WINDOW: TemporalSelection.MAX_WINDOW,
+    context_pb2.TEMPORAL_SELECTION_GRID_EMBEDDING: TemporalSelection.GRID_EMBEDDING,
+}
+
+
+def params_from_proto(options: context_pb2.ContextOptions, default_profile: str = "default") -> ContextParams:
+    if options.temporal_selection not in SELECTIONS:
+        raise InvalidInput(f"unknown temporal_selection value {options.temporal_selection}")
     return resolve_params(
-        profile=profile_name(options.profile),
+        profile=profile_name(options.profile, default_profile),
         preset=options.preset,
         window_sizes=tuple(options.window_sizes),
         half_stride=options.half_stride,
@@ -26,6 +36,7 @@ def params_from_proto(options: context_pb2.ContextOptions) -> ContextParams:
         minmax_epsilon=options.minmax_epsilon if options.HasField("minmax_epsilon") else None,
         class_adaptive=options.class_adaptive if options.HasField("class_adaptive") else None,
         include_attention_map=options.include_attention_map,
+        temporal_selection=SELECTIONS[options.temporal_selection],
     )
 
 
@@ -36,7 +47,7 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
     async def BuildContexts(
         self, request: context_pb2.BuildContextsRequest, context: RpcContext
     ) -> context_pb2.BuildContextsResponse:
-        params = params_from_proto(request.options)
+        params = params_from_proto(request.options, self._engine.settings.profile)
         queries = [Query(q.text, tuple(q.key_frames), q.representative) for q in request.queries]
         results, classes = await self._engine.build(
             [frame.data for frame in request.frames], queries, list(request.class_names), params

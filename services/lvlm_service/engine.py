@@ -36,17 +36,28 @@ class ScoreParams:
     preset: str = ""
     parser: Parser | None = None  # None: the profile's parser
     max_tokens: int = 0  # 0: the service default
+    output_label: str = ""  # "": the profile's ("Output"; parity: the preset's)
+    retry_unparsed: bool | None = None  # None: the profile's (default yes, parity no)
+    reference_prompt_typo: bool | None = None  # None: the profile's (parity only)
+
+    @property
+    def parity(self) -> bool:
+        return self.profile == "parity"
 
     @property
     def effective_parser(self) -> Parser:
         if self.parser is not None:
             return self.parser
-        return Parser.FIRST_NUMBER if self.profile == "parity" else Parser.ROBUST
+        return Parser.FIRST_NUMBER if self.parity else Parser.ROBUST
+
+    @property
+    def retries(self) -> bool:
+        return (not self.parity) if self.retry_unparsed is None else self.retry_unparsed
 
     def style(self) -> PromptStyle:
-        if self.profile == "parity":
-            return PromptStyle(output_label=get_preset(self.preset).output_label, reproduce_tc_typo=True)
-        return PromptStyle()
+        label = self.output_label or (get_preset(self.preset).output_label if self.parity else "Output")
+        typo = self.parity if self.reference_prompt_typo is None else self.reference_prompt_typo
+        return PromptStyle(output_label=label, reproduce_tc_typo=typo)
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,7 @@ class LvlmEngine:
         # Answers without a score get one more try with a stricter instruction (not in parity:
         # the reference never retries, and a retry would change its numbers).
         retry = [i for i, (c, p) in enumerate(zip(completions, parsed, strict=True))
-                 if not p.parsed and not c.error and params.profile != "parity"]
+                 if not p.parsed and not c.error and params.retries]
         if retry:
             again = await self.backend.complete(
                 [Prompt(prompts[i].image, prompts[i].text + RETRY_SUFFIX, max_tokens) for i in retry]

@@ -28,13 +28,20 @@ PARSERS = {
 }
 
 
-def params_from_proto(options: lvlm_pb2.ScoreOptions) -> ScoreParams:
+def params_from_proto(options: lvlm_pb2.ScoreOptions, default_profile: str = "default") -> ScoreParams:
     if options.parser not in PARSERS:
         raise InvalidInput(f"unknown score parser value {options.parser}")
     if options.max_tokens < 0:
         raise InvalidInput(f"max_tokens must not be negative, got {options.max_tokens}")
     get_preset(options.preset)  # an unknown preset is refused here
-    return ScoreParams(profile_name(options.profile), options.preset, PARSERS[options.parser], options.max_tokens)
+    if len(options.output_label) > 40 or "\n" in options.output_label:
+        raise InvalidInput("output_label must be a short single-line word such as 'Output'")
+    return ScoreParams(
+        profile=profile_name(options.profile, default_profile), preset=options.preset,
+        parser=PARSERS[options.parser], max_tokens=options.max_tokens, output_label=options.output_label,
+        retry_unparsed=options.retry_unparsed if options.HasField("retry_unparsed") else None,
+        reference_prompt_typo=options.reference_prompt_typo if options.HasField("reference_prompt_typo") else None,
+    )
 
 
 def items_from_proto(items: list[lvlm_pb2.ScoreItem]) -> list[Item]:
@@ -51,7 +58,7 @@ class LvlmServicer(lvlm_pb2_grpc.LvlmServiceServicer):
         self._engine = engine
 
     async def Score(self, request: lvlm_pb2.ScoreRequest, context: RpcContext) -> lvlm_pb2.ScoreResponse:
-        params = params_from_proto(request.options)
+        params = params_from_proto(request.options, self._engine.settings.profile)
         items = items_from_proto(list(request.items))
         result = await self._engine.score(items, params)
         response = lvlm_pb2.ScoreResponse()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from anyanomaly.v1 import orchestrator_pb2
+from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2
 from tqdm import tqdm
 
 from services.common.profiles import VALUES as PROFILE_VALUES
@@ -29,6 +29,16 @@ from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, 
 PROG = "anyanomaly"
 BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
 TAILS = {"score": orchestrator_pb2.TAIL_POLICY_SCORE, "drop": orchestrator_pb2.TAIL_POLICY_DROP}
+STRATEGIES = {
+    "clip_then_grouping": common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING,
+    "random": common_pb2.KEY_FRAME_STRATEGY_RANDOM,
+    "clip_top4": common_pb2.KEY_FRAME_STRATEGY_CLIP_TOP4,
+    "grouping_then_clip": common_pb2.KEY_FRAME_STRATEGY_GROUPING_THEN_CLIP,
+}
+SELECTIONS = {"max_window": context_pb2.TEMPORAL_SELECTION_MAX_WINDOW,
+              "grid_embedding": context_pb2.TEMPORAL_SELECTION_GRID_EMBEDDING}
+FUSION_RULES = {"fuse_then_max": orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX,
+                "max_then_fuse": orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE}
 
 
 class UsageError(Exception):
@@ -43,6 +53,9 @@ def _add_stack_options(parser: argparse.ArgumentParser) -> None:
                                                        "http://gpu-node:8000/v1) instead of a local model")
     parser.add_argument("--lvlm-model", default="", help="the model name that server serves")
     parser.add_argument("--log-dir", type=Path, default=None, help="write the services' logs to this folder")
+    parser.add_argument("--profile", choices=tuple(PROFILE_VALUES), default=None,
+                        help="'parity' reproduces the authors' code, quirks included; for `serve`, the services' "
+                             "default for requests that name no profile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--output", type=Path, default=None, help="write the result JSON here")
     detect.add_argument("--address", default="", help="an orchestrator HOST:PORT (default: start the embedded stack)")
     _add_stack_options(detect)
-    detect.add_argument("--profile", choices=tuple(PROFILE_VALUES), default="default",
-                        help="'parity' reproduces the authors' code, quirks included")
     detect.add_argument("--preset", default="", help="dataset preset: shtech (default), avenue or custom")
     detect.add_argument("--segment-length", type=int, default=0, help="frames per segment (default 24)")
     detect.add_argument("--weights", type=float, nargs=3, metavar=("FRAME", "POSITION", "TEMPORAL"),
@@ -71,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--tail", choices=tuple(TAILS), default=None,
                         help="last partial segment: 'score' it (default) or 'drop' it (parity)")
     detect.add_argument("--keep-hyphens", action="store_true", help="do not split 'a-b' texts into a and b")
+    detect.add_argument("--strategy", choices=tuple(STRATEGIES), default=None,
+                        help="key-frame strategy (default clip_then_grouping, the paper's)")
+    detect.add_argument("--half-stride", action="store_true", help="overlapping windows (stride = window / 2)")
+    detect.add_argument("--grid-selection", choices=tuple(SELECTIONS), default=None,
+                        help="temporal-context position: max_window (the reference) or grid_embedding (the paper)")
+    detect.add_argument("--fusion-rule", choices=tuple(FUSION_RULES), default=None,
+                        help="several texts: fuse_then_max (default) or max_then_fuse (the reference)")
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -88,14 +106,22 @@ def _source(argument: str, remote: bool) -> orchestrator_pb2.VideoSource:
 
 
 def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
+    profile = PROFILE_VALUES[args.profile] if args.profile else common_pb2.PROFILE_UNSPECIFIED
     options = orchestrator_pb2.DetectOptions(
-        profile=PROFILE_VALUES[args.profile], preset=args.preset, segment_length=args.segment_length,
+        profile=profile, preset=args.preset, segment_length=args.segment_length,
         fusion_weights=args.weights or [], keep_hyphenated_texts=args.keep_hyphens,
     )
     if args.sigma is not None:
         options.sigma = args.sigma
     if args.tail is not None:
         options.tail_policy = TAILS[args.tail]
+    if args.strategy is not None:
+        options.strategy = STRATEGIES[args.strategy]
+    if args.fusion_rule is not None:
+        options.multi_text_fusion = FUSION_RULES[args.fusion_rule]
+    options.context.half_stride = args.half_stride
+    if args.grid_selection is not None:
+        options.context.temporal_selection = SELECTIONS[args.grid_selection]
     return orchestrator_pb2.DetectRequest(source=_source(args.source, bool(args.address)), texts=args.texts,
                                           options=options)
 
@@ -104,11 +130,11 @@ def _stack_options(args: argparse.Namespace, port: int = 0, host: str = "127.0.0
     if bool(args.lvlm_url) != bool(args.lvlm_model):
         raise UsageError("--lvlm-url and --lvlm-model go together (the server's URL and the model it serves)")
     return StackOptions(models=args.models, lvlm_url=args.lvlm_url, lvlm_model=args.lvlm_model, host=host,
-                        orchestrator_port=port, log_dir=args.log_dir)
+                        orchestrator_port=port, log_dir=args.log_dir, profile=args.profile or "default")
 
 
 async def _run_detection(address: str, request: orchestrator_pb2.DetectRequest, quiet: bool) -> dict[str, Any]:
-    builder = ResultBuilder(request.source.path or request.source.frame_folder or request.source.uri)
+    builder = ResultBuilder(request)
     bar: tqdm[Any] | None = None
     try:
         async for update in detect_stream(address, request):

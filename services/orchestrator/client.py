@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anyanomaly.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 from services.common.clients import open_channel
 
 TAIL_NAMES = {orchestrator_pb2.TAIL_POLICY_SCORE: "score", orchestrator_pb2.TAIL_POLICY_DROP: "drop"}
+FUSION_NAMES = {orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX: "fuse_then_max",
+                orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE: "max_then_fuse"}
+PROFILE_NAMES = {common_pb2.PROFILE_DEFAULT: "default", common_pb2.PROFILE_PARITY: "parity"}
+TEMPORAL_NAMES = {context_pb2.TEMPORAL_SELECTION_GRID_EMBEDDING: "grid_embedding"}
 STREAMS = ("frame", "position", "temporal")
 RANDOM_WEIGHTS_WARNING = "tiny random-weight models were used: these scores are meaningless (smoke run)"
 
@@ -46,8 +50,9 @@ def _round(value: float) -> float:
 class ResultBuilder:
     """Collects a Detect stream into the documented result JSON."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, request: orchestrator_pb2.DetectRequest) -> None:
+        self.request = request
+        self.source = request.source.path or request.source.frame_folder or request.source.uri
         self.started: orchestrator_pb2.DetectStarted | None = None
         self.segments: list[dict[str, Any]] = []
         self.summary: orchestrator_pb2.Summary | None = None
@@ -78,6 +83,7 @@ class ResultBuilder:
             "key_frames": {s.text: list(s.key_frames) for s in segment.scores},
             "representative": {s.text: s.representative for s in segment.scores},
             "scores": scores, "max_fused": _round(segment.max_fused),
+            "max_then_fuse": _round(segment.max_then_fuse), "score": _round(segment.score),
         }
         if failures:
             document["parse_failures"] = failures
@@ -101,6 +107,13 @@ class ResultBuilder:
             "num_frames": summary.num_frames,
             "segment_length": self.started.segment_length,
             "tail_policy": TAIL_NAMES.get(summary.tail_policy, "score"),
+            "multi_text_fusion": FUSION_NAMES.get(summary.multi_text_fusion, "fuse_then_max"),
+            "profile": PROFILE_NAMES.get(summary.profile, "default"),
+            "preset": summary.preset,
+            "strategy": common_pb2.KeyFrameStrategy.Name(summary.strategy).removeprefix("KEY_FRAME_STRATEGY_").lower(),
+            "context_options": {"half_stride": self.request.options.context.half_stride,
+                                "temporal_selection": TEMPORAL_NAMES.get(
+                                    self.request.options.context.temporal_selection, "max_window")},
             "fusion_weights": [_round(w) for w in summary.fusion_weights],
             "sigma": _round(summary.sigma),
             "segments": self.segments,

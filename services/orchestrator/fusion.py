@@ -34,6 +34,19 @@ def max_over_texts(fused: Sequence[float]) -> float:
     return max(fused) if fused else 0.0
 
 
+def max_then_fuse(
+    streams: Sequence[tuple[float, float, float]], weights: Sequence[float] = DEFAULT_WEIGHTS
+) -> float:
+    """The reference's multi-text rule: each stream maxed over texts (starting from 0), then
+    fused; the three maxima may come from different texts."""
+    if not streams:
+        return 0.0
+    frame = max(0.0, *(s[0] for s in streams))
+    position = max(0.0, *(s[1] for s in streams))
+    temporal = max(0.0, *(s[2] for s in streams))
+    return fuse(frame, position, temporal, weights)
+
+
 def expand_to_frames(segment_scores: Sequence[tuple[int, int, float]], num_frames: int) -> np.ndarray:
     """Copy each (start, end, score) segment score to its frames; frames no segment covers stay 0."""
     frames = np.zeros(num_frames, dtype=np.float64)

@@ -8,17 +8,22 @@ from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
 
 from services.common.errors import InvalidInput
 from services.common.presets import get_preset
+from services.common.profiles import VALUES as PROFILE_VALUES
 from services.common.profiles import profile_name
 from services.orchestrator.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS
 from services.orchestrator.pipeline import MIN_SEGMENT_FRAMES, DetectParams
 
 DEFAULT_SEGMENT_LENGTH = 24
 MAX_SEGMENT_LENGTH = 1024
+FUSION_RULES = {orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX: "fuse_then_max",
+                orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE: "max_then_fuse"}
 TAIL_POLICIES = {orchestrator_pb2.TAIL_POLICY_SCORE: "score", orchestrator_pb2.TAIL_POLICY_DROP: "drop"}
 
 
-def resolve(options: orchestrator_pb2.DetectOptions, max_in_flight: int) -> DetectParams:
-    profile = profile_name(options.profile)
+def resolve(
+    options: orchestrator_pb2.DetectOptions, max_in_flight: int, default_profile: str = "default"
+) -> DetectParams:
+    profile = profile_name(options.profile, default_profile)
     preset = get_preset(options.preset).name
     length = options.segment_length or DEFAULT_SEGMENT_LENGTH
     if not MIN_SEGMENT_FRAMES <= length <= MAX_SEGMENT_LENGTH:
@@ -37,6 +42,12 @@ def resolve(options: orchestrator_pb2.DetectOptions, max_in_flight: int) -> Dete
         tail = TAIL_POLICIES[options.tail_policy]
     else:
         raise InvalidInput(f"unknown tail_policy value {options.tail_policy}")
+    if options.multi_text_fusion == orchestrator_pb2.MULTI_TEXT_FUSION_UNSPECIFIED:
+        fusion_rule = "max_then_fuse" if profile == "parity" else "fuse_then_max"
+    elif options.multi_text_fusion in FUSION_RULES:
+        fusion_rule = FUSION_RULES[options.multi_text_fusion]
+    else:
+        raise InvalidInput(f"unknown multi_text_fusion value {options.multi_text_fusion}")
     if options.strategy not in common_pb2.KeyFrameStrategy.values():
         raise InvalidInput(f"unknown key-frame strategy value {options.strategy}")
     in_flight = options.max_segments_in_flight or max_in_flight
@@ -44,14 +55,15 @@ def resolve(options: orchestrator_pb2.DetectOptions, max_in_flight: int) -> Dete
         raise InvalidInput(f"max_segments_in_flight must be 1..{max_in_flight}, got {in_flight}")
     context = context_pb2.ContextOptions()
     context.CopyFrom(options.context)
-    context.profile = context.profile or options.profile
+    context.profile = context.profile or PROFILE_VALUES[profile]
     context.preset = context.preset or preset
     scoring = lvlm_pb2.ScoreOptions()
     scoring.CopyFrom(options.scoring)
-    scoring.profile = scoring.profile or options.profile
+    scoring.profile = scoring.profile or PROFILE_VALUES[profile]
     scoring.preset = scoring.preset or preset
     return DetectParams(
         profile=profile, segment_length=length, weights=(weights[0], weights[1], weights[2]), sigma=sigma,
-        tail_policy=tail, strategy=options.strategy or common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING,
+        tail_policy=tail, multi_text_fusion=fusion_rule,
+        strategy=options.strategy or common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING,
         max_in_flight=in_flight, context_options=context, score_options=scoring,
     )

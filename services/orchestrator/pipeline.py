@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2
 
 from services.common.errors import InvalidInput, NotReady
-from services.orchestrator.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS, expand_to_frames, fuse, smooth
+from services.orchestrator.fusion import (
+    DEFAULT_SIGMA,
+    DEFAULT_WEIGHTS,
+    expand_to_frames,
+    fuse,
+    max_over_texts,
+    max_then_fuse,
+    smooth,
+)
 from services.orchestrator.service_clients import ServiceClients, StreamScore
 from services.orchestrator.sources import FrameSource
 
@@ -28,6 +36,7 @@ class DetectParams:
     weights: tuple[float, float, float] = DEFAULT_WEIGHTS
     sigma: float = DEFAULT_SIGMA
     tail_policy: str = "score"  # "score": score a last partial segment of >= 4 frames; "drop": the reference
+    multi_text_fusion: str = "fuse_then_max"  # or "max_then_fuse" (the reference)
     strategy: common_pb2.KeyFrameStrategy.ValueType = common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING
     max_in_flight: int = 2
     context_options: context_pb2.ContextOptions = field(default_factory=context_pb2.ContextOptions)
@@ -59,7 +68,9 @@ class SegmentOutcome:
     start: int  # first frame, inclusive
     end: int  # exclusive
     results: list[TextResult]
-    max_fused: float
+    max_fused: float  # fuse then max
+    max_then_fuse: float  # the reference's rule
+    score: float  # under the request's rule
     usage: lvlm_pb2.Usage
 
 
@@ -79,6 +90,10 @@ class Summary:
     frame_scores: list[float]
     scored_frames: int
     tail_policy: str
+    multi_text_fusion: str
+    profile: str
+    preset: str
+    strategy: common_pb2.KeyFrameStrategy.ValueType
     weights: tuple[float, float, float]
     sigma: float
     timings: Timings
@@ -137,8 +152,13 @@ class Detector:
                 frame=frame, position=position, temporal=temporal,
                 fused=fuse(frame.score, position.score, temporal.score, params.weights),
             ))
-        return SegmentOutcome(segment.index, segment.start, segment.start + len(segment.frames), results,
-                              max(r.fused for r in results), usage)
+        best_text = max_over_texts([r.fused for r in results])
+        best_streams = max_then_fuse([(r.frame.score, r.position.score, r.temporal.score) for r in results],
+                                     params.weights)
+        return SegmentOutcome(
+            segment.index, segment.start, segment.start + len(segment.frames), results, best_text, best_streams,
+            best_streams if params.multi_text_fusion == "max_then_fuse" else best_text, usage,
+        )
 
     async def detect(self, source: FrameSource, texts: list[str], params: DetectParams) -> AsyncIterator[Update]:
         clock = time.perf_counter()
@@ -186,9 +206,9 @@ class Detector:
         source: FrameSource, outcomes: list[SegmentOutcome], frames_read: int, tail_extension: tuple[int, int] | None,
         params: DetectParams, timings: Timings, clip_info: common_pb2.ModelInfo, lvlm_info: common_pb2.ModelInfo,
     ) -> Summary:
-        spans = [(o.start, o.end, o.max_fused) for o in outcomes]
+        spans = [(o.start, o.end, o.score) for o in outcomes]
         if tail_extension and outcomes:  # a tail of 1-3 frames takes the last segment's score
-            spans.append((*tail_extension, outcomes[-1].max_fused))
+            spans.append((*tail_extension, outcomes[-1].score))
         scored = max((end for _, end, _ in spans), default=0)
         frame_scores = expand_to_frames(spans, frames_read)
         frame_scores[:scored] = smooth(frame_scores[:scored], params.sigma)
@@ -203,6 +223,8 @@ class Detector:
         failures = sum(not s.parsed for o in outcomes for r in o.results for s in (r.frame, r.position, r.temporal))
         return Summary(
             num_frames=frames_read, fps=source.info.fps, frame_scores=[float(v) for v in frame_scores],
-            scored_frames=scored, tail_policy=params.tail_policy, weights=params.weights, sigma=params.sigma,
+            scored_frames=scored, tail_policy=params.tail_policy, multi_text_fusion=params.multi_text_fusion,
+            profile=params.profile, preset=params.context_options.preset, strategy=params.strategy,
+            weights=params.weights, sigma=params.sigma,
             timings=timings, clip_model=clip_info, lvlm_model=lvlm_info, lvlm_usage=usage, parse_failures=failures,
         )

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from anyanomaly.v1 import lvlm_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 from services.common.errors import InvalidInput
+from services.common.profiles import VALUES as PROFILE_VALUES
 from services.common.server import RpcContext, ServiceSpec
 from services.common.validation import validate_texts
 from services.orchestrator import options as detect_options
@@ -19,6 +20,8 @@ from services.orchestrator.sources import FrameEncoding, open_source
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
 TAIL_VALUES = {"score": orchestrator_pb2.TAIL_POLICY_SCORE, "drop": orchestrator_pb2.TAIL_POLICY_DROP}
+FUSION_VALUES = {"fuse_then_max": orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX,
+                 "max_then_fuse": orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE}
 
 
 def _stream(score: StreamScore) -> orchestrator_pb2.StreamScore:
@@ -32,6 +35,7 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
     if isinstance(update, SegmentOutcome):
         return orchestrator_pb2.DetectUpdate(segment=orchestrator_pb2.SegmentResult(
             index=update.index, start_frame=update.start, end_frame=update.end, max_fused=update.max_fused,
+            max_then_fuse=update.max_then_fuse, score=update.score,
             scores=[
                 orchestrator_pb2.TextSegmentScore(
                     text=r.text, frame=_stream(r.frame), position=_stream(r.position), temporal=_stream(r.temporal),
@@ -45,6 +49,8 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
     return orchestrator_pb2.DetectUpdate(summary=orchestrator_pb2.Summary(
         num_frames=update.num_frames, fps=update.fps, frame_scores=update.frame_scores,
         tail_policy=TAIL_VALUES[update.tail_policy], fusion_weights=list(update.weights), sigma=update.sigma,
+        multi_text_fusion=FUSION_VALUES[update.multi_text_fusion], profile=PROFILE_VALUES[update.profile],
+        preset=update.preset, strategy=update.strategy,
         timings=orchestrator_pb2.Timings(total_seconds=t.total, decode_seconds=t.decode,
                                          key_frames_seconds=t.key_frames, contexts_seconds=t.contexts,
                                          scoring_seconds=t.scoring),
@@ -72,7 +78,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self, request: orchestrator_pb2.DetectRequest, context: RpcContext
     ) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
         texts = self._texts(request)
-        params = detect_options.resolve(request.options, self._settings.max_segments_in_flight)
+        params = detect_options.resolve(request.options, self._settings.max_segments_in_flight,
+                                        self._settings.profile)
         encoding = FrameEncoding(self._settings.frame_format, self._settings.jpeg_quality,
                                  self._settings.max_image_pixels)
         roots = [r for r in self._settings.media_roots.split(",") if r.strip()]

@@ -11,6 +11,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +22,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TemporalSelection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TemporalSelectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TemporalSelection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TEMPORAL_SELECTION_UNSPECIFIED: _TemporalSelection.ValueType  # 0
+    """same as MAX_WINDOW"""
+    TEMPORAL_SELECTION_MAX_WINDOW: _TemporalSelection.ValueType  # 1
+    """The reference: the position whose best window (max over the 4 key frames) is most
+    similar to the text.
+    """
+    TEMPORAL_SELECTION_GRID_EMBEDDING: _TemporalSelection.ValueType  # 2
+    """The paper's description: every candidate 2x2 grid is composed and embedded, and the
+    grid most similar to the text wins (one more CLIP forward per candidate and text).
+    """
+
+class TemporalSelection(_TemporalSelection, metaclass=_TemporalSelectionEnumTypeWrapper):
+    """How the temporal context's window position is chosen."""
+
+TEMPORAL_SELECTION_UNSPECIFIED: TemporalSelection.ValueType  # 0
+"""same as MAX_WINDOW"""
+TEMPORAL_SELECTION_MAX_WINDOW: TemporalSelection.ValueType  # 1
+"""The reference: the position whose best window (max over the 4 key frames) is most
+similar to the text.
+"""
+TEMPORAL_SELECTION_GRID_EMBEDDING: TemporalSelection.ValueType  # 2
+"""The paper's description: every candidate 2x2 grid is composed and embedded, and the
+grid most similar to the text wins (one more CLIP forward per candidate and text).
+"""
+Global___TemporalSelection: _TypeAlias = TemporalSelection  # noqa: Y015
 
 @_typing.final
 class ContextQuery(_message.Message):
@@ -66,6 +99,7 @@ class ContextOptions(_message.Message):
     MINMAX_EPSILON_FIELD_NUMBER: _builtins.int
     CLASS_ADAPTIVE_FIELD_NUMBER: _builtins.int
     INCLUDE_ATTENTION_MAP_FIELD_NUMBER: _builtins.int
+    TEMPORAL_SELECTION_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     preset: _builtins.str
     """"shtech" (windows 48/80/120, the default), "avenue" (48/80/240) or
@@ -85,6 +119,7 @@ class ContextOptions(_message.Message):
     """softmax over the class list (true / true)"""
     include_attention_map: _builtins.bool
     """return the 224x224 attention map"""
+    temporal_selection: Global___TemporalSelection.ValueType
     @_builtins.property
     def window_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """with preset "custom"; each <= grid_size"""
@@ -101,10 +136,11 @@ class ContextOptions(_message.Message):
         minmax_epsilon: _builtins.float | None = ...,
         class_adaptive: _builtins.bool | None = ...,
         include_attention_map: _builtins.bool = ...,
+        temporal_selection: Global___TemporalSelection.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_attention_logit_scale", b"_attention_logit_scale", "_class_adaptive", b"_class_adaptive", "_minmax_epsilon", b"_minmax_epsilon", "_normalize_windows", b"_normalize_windows", "attention_logit_scale", b"attention_logit_scale", "class_adaptive", b"class_adaptive", "minmax_epsilon", b"minmax_epsilon", "normalize_windows", b"normalize_windows"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attention_logit_scale", b"_attention_logit_scale", "_class_adaptive", b"_class_adaptive", "_minmax_epsilon", b"_minmax_epsilon", "_normalize_windows", b"_normalize_windows", "attention_logit_scale", b"attention_logit_scale", "class_adaptive", b"class_adaptive", "half_stride", b"half_stride", "include_attention_map", b"include_attention_map", "minmax_epsilon", b"minmax_epsilon", "normalize_windows", b"normalize_windows", "preset", b"preset", "profile", b"profile", "window_sizes", b"window_sizes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attention_logit_scale", b"_attention_logit_scale", "_class_adaptive", b"_class_adaptive", "_minmax_epsilon", b"_minmax_epsilon", "_normalize_windows", b"_normalize_windows", "attention_logit_scale", b"attention_logit_scale", "class_adaptive", b"class_adaptive", "half_stride", b"half_stride", "include_attention_map", b"include_attention_map", "minmax_epsilon", b"minmax_epsilon", "normalize_windows", b"normalize_windows", "preset", b"preset", "profile", b"profile", "temporal_selection", b"temporal_selection", "window_sizes", b"window_sizes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__attention_logit_scale: _TypeAlias = _typing.Literal["attention_logit_scale"]  # noqa: Y015
     _WhichOneofArgType__attention_logit_scale: _TypeAlias = _typing.Literal["_attention_logit_scale", b"_attention_logit_scale"]  # noqa: Y015
@@ -180,7 +216,7 @@ class GridPosition(_message.Message):
     row: _builtins.int
     col: _builtins.int
     score: _builtins.float
-    """max cosine over the 4 key-frame windows"""
+    """max cosine over the 4 key-frame windows, or the grid's cosine"""
     def __init__(
         self,
         *,

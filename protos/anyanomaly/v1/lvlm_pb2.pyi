@@ -108,6 +108,9 @@ class ScoreOptions(_message.Message):
     PRESET_FIELD_NUMBER: _builtins.int
     PARSER_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_LABEL_FIELD_NUMBER: _builtins.int
+    RETRY_UNPARSED_FIELD_NUMBER: _builtins.int
+    REFERENCE_PROMPT_TYPO_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     preset: _builtins.str
     """The dataset preset ("shtech", "avenue", "custom"); in parity it picks the
@@ -116,6 +119,14 @@ class ScoreOptions(_message.Message):
     parser: Global___ScoreParser.ValueType
     max_tokens: _builtins.int
     """0: the service default"""
+    output_label: _builtins.str
+    """Unset options follow the profile (DEFAULT / PARITY):
+    the prompt's output bullet ("Output" / the preset's label)
+    """
+    retry_unparsed: _builtins.bool
+    """ask once more when an answer has no score (true / false)"""
+    reference_prompt_typo: _builtins.bool
+    """P* without the space after "0 to 1." (false / true)"""
     def __init__(
         self,
         *,
@@ -123,12 +134,22 @@ class ScoreOptions(_message.Message):
         preset: _builtins.str = ...,
         parser: Global___ScoreParser.ValueType = ...,
         max_tokens: _builtins.int = ...,
+        output_label: _builtins.str = ...,
+        retry_unparsed: _builtins.bool | None = ...,
+        reference_prompt_typo: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reference_prompt_typo", b"_reference_prompt_typo", "_retry_unparsed", b"_retry_unparsed", "reference_prompt_typo", b"reference_prompt_typo", "retry_unparsed", b"retry_unparsed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_tokens", b"max_tokens", "parser", b"parser", "preset", b"preset", "profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reference_prompt_typo", b"_reference_prompt_typo", "_retry_unparsed", b"_retry_unparsed", "max_tokens", b"max_tokens", "output_label", b"output_label", "parser", b"parser", "preset", b"preset", "profile", b"profile", "reference_prompt_typo", b"reference_prompt_typo", "retry_unparsed", b"retry_unparsed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__reference_prompt_typo: _TypeAlias = _typing.Literal["reference_prompt_typo"]  # noqa: Y015
+    _WhichOneofArgType__reference_prompt_typo: _TypeAlias = _typing.Literal["_reference_prompt_typo", b"_reference_prompt_typo"]  # noqa: Y015
+    _WhichOneofReturnType__retry_unparsed: _TypeAlias = _typing.Literal["retry_unparsed"]  # noqa: Y015
+    _WhichOneofArgType__retry_unparsed: _TypeAlias = _typing.Literal["_retry_unparsed", b"_retry_unparsed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reference_prompt_typo) -> _WhichOneofReturnType__reference_prompt_typo | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_unparsed) -> _WhichOneofReturnType__retry_unparsed | None: ...
 
 Global___ScoreOptions: _TypeAlias = ScoreOptions  # noqa: Y015
 

@@ -47,6 +47,34 @@ TAIL_POLICY_DROP: TailPolicy.ValueType  # 2
 """The last partial segment is dropped and its frames get no scores (the reference)."""
 Global___TailPolicy: _TypeAlias = TailPolicy  # noqa: Y015
 
+class _MultiTextFusion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MultiTextFusionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MultiTextFusion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MULTI_TEXT_FUSION_UNSPECIFIED: _MultiTextFusion.ValueType  # 0
+    """follows the profile"""
+    MULTI_TEXT_FUSION_FUSE_THEN_MAX: _MultiTextFusion.ValueType  # 1
+    """Each text's three scores are fused, then the max over texts (one text explains the score)."""
+    MULTI_TEXT_FUSION_MAX_THEN_FUSE: _MultiTextFusion.ValueType  # 2
+    """The reference: each stream is maxed over texts, then the three maxima are fused (they may
+    come from different texts).
+    """
+
+class MultiTextFusion(_MultiTextFusion, metaclass=_MultiTextFusionEnumTypeWrapper):
+    """How the scores of several texts make one segment score."""
+
+MULTI_TEXT_FUSION_UNSPECIFIED: MultiTextFusion.ValueType  # 0
+"""follows the profile"""
+MULTI_TEXT_FUSION_FUSE_THEN_MAX: MultiTextFusion.ValueType  # 1
+"""Each text's three scores are fused, then the max over texts (one text explains the score)."""
+MULTI_TEXT_FUSION_MAX_THEN_FUSE: MultiTextFusion.ValueType  # 2
+"""The reference: each stream is maxed over texts, then the three maxima are fused (they may
+come from different texts).
+"""
+Global___MultiTextFusion: _TypeAlias = MultiTextFusion  # noqa: Y015
+
 @_typing.final
 class VideoSource(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -92,6 +120,7 @@ class DetectOptions(_message.Message):
     MAX_SEGMENTS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     SCORING_FIELD_NUMBER: _builtins.int
+    MULTI_TEXT_FUSION_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     segment_length: _builtins.int
     """N, 0: 24"""
@@ -105,6 +134,7 @@ class DetectOptions(_message.Message):
     strategy: _common_pb2.KeyFrameStrategy.ValueType
     max_segments_in_flight: _builtins.int
     """0: the service default"""
+    multi_text_fusion: Global___MultiTextFusion.ValueType
     @_builtins.property
     def fusion_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """g1, g2, g3 for frame, position, temporal; empty: 0.6, 0.3, 0.1"""
@@ -131,10 +161,11 @@ class DetectOptions(_message.Message):
         max_segments_in_flight: _builtins.int = ...,
         context: _context_pb2.ContextOptions | None = ...,
         scoring: _lvlm_pb2.ScoreOptions | None = ...,
+        multi_text_fusion: Global___MultiTextFusion.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_sigma", b"_sigma", "context", b"context", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sigma", b"_sigma", "context", b"context", "fusion_weights", b"fusion_weights", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "preset", b"preset", "profile", b"profile", "scoring", b"scoring", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sigma", b"_sigma", "context", b"context", "fusion_weights", b"fusion_weights", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "scoring", b"scoring", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__sigma: _TypeAlias = _typing.Literal["sigma"]  # noqa: Y015
     _WhichOneofArgType__sigma: _TypeAlias = _typing.Literal["_sigma", b"_sigma"]  # noqa: Y015
@@ -287,13 +318,19 @@ class SegmentResult(_message.Message):
     END_FRAME_FIELD_NUMBER: _builtins.int
     SCORES_FIELD_NUMBER: _builtins.int
     MAX_FUSED_FIELD_NUMBER: _builtins.int
+    MAX_THEN_FUSE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     start_frame: _builtins.int
     """inclusive"""
     end_frame: _builtins.int
     """exclusive"""
     max_fused: _builtins.float
-    """max over texts of the fused score"""
+    """fuse then max: max over texts of each text's fused score"""
+    max_then_fuse: _builtins.float
+    """max then fuse: g1*max(frame) + g2*max(position) + g3*max(temporal)"""
+    score: _builtins.float
+    """the segment score under the request's rule (one of the two above)"""
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextSegmentScore]: ...
     def __init__(
@@ -304,10 +341,12 @@ class SegmentResult(_message.Message):
         end_frame: _builtins.int = ...,
         scores: _abc.Iterable[Global___TextSegmentScore] | None = ...,
         max_fused: _builtins.float = ...,
+        max_then_fuse: _builtins.float = ...,
+        score: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_frame", b"end_frame", "index", b"index", "max_fused", b"max_fused", "scores", b"scores", "start_frame", b"start_frame"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_frame", b"end_frame", "index", b"index", "max_fused", b"max_fused", "max_then_fuse", b"max_then_fuse", "score", b"score", "scores", b"scores", "start_frame", b"start_frame"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -360,6 +399,10 @@ class Summary(_message.Message):
     SCORED_FRAMES_FIELD_NUMBER: _builtins.int
     LVLM_USAGE_FIELD_NUMBER: _builtins.int
     PARSE_FAILURES_FIELD_NUMBER: _builtins.int
+    MULTI_TEXT_FUSION_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    PRESET_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     num_frames: _builtins.int
     fps: _builtins.float
     tail_policy: Global___TailPolicy.ValueType
@@ -368,6 +411,12 @@ class Summary(_message.Message):
     """frames covered by scored segments"""
     parse_failures: _builtins.int
     """stream answers without a readable score (scored 0)"""
+    multi_text_fusion: Global___MultiTextFusion.ValueType
+    profile: _common_pb2.Profile.ValueType
+    """the profile the detection ran with"""
+    preset: _builtins.str
+    """the dataset preset it ran with"""
+    strategy: _common_pb2.KeyFrameStrategy.ValueType
     @_builtins.property
     def frame_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """one per frame, smoothed; frames without a score are 0"""
@@ -399,10 +448,14 @@ class Summary(_message.Message):
         scored_frames: _builtins.int = ...,
         lvlm_usage: _lvlm_pb2.Usage | None = ...,
         parse_failures: _builtins.int = ...,
+        multi_text_fusion: Global___MultiTextFusion.ValueType = ...,
+        profile: _common_pb2.Profile.ValueType = ...,
+        preset: _builtins.str = ...,
+        strategy: _common_pb2.KeyFrameStrategy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "fps", b"fps", "frame_scores", b"frame_scores", "fusion_weights", b"fusion_weights", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "num_frames", b"num_frames", "parse_failures", b"parse_failures", "scored_frames", b"scored_frames", "sigma", b"sigma", "tail_policy", b"tail_policy", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "fps", b"fps", "frame_scores", b"frame_scores", "fusion_weights", b"fusion_weights", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "multi_text_fusion", b"multi_text_fusion", "num_frames", b"num_frames", "parse_failures", b"parse_failures", "preset", b"preset", "profile", b"profile", "scored_frames", b"scored_frames", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
