@@ -48,7 +48,8 @@ def _scaled(number: str, scale: str | None) -> float:
 
 
 def _clean_reason(text: str) -> str:
-    text = re.sub(r"[*_`#]+", "", text)
+    text = re.sub(r"(?m)^\s*\d+\.(?:\s|$)", " ", text)  # list numbering
+    text = re.sub(r"[*`#]+", "", text)  # markdown emphasis (underscores stay: hand_truck)
     text = re.sub(r"^\W*(?:reason\s*[:=-]?)?\s*", "", text, flags=re.IGNORECASE)
     text = " ".join(text.split())
     return text[:MAX_REASON_CHARS]

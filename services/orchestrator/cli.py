@@ -3,6 +3,7 @@
     anyanomaly serve  [--models default|tiny] [--lvlm-url URL --lvlm-model NAME]
     anyanomaly detect SOURCE -t TEXT [-t TEXT ...] [--models default|tiny] [--output FILE]
                       [--address HOST:PORT] [--lvlm-url URL --lvlm-model NAME]
+    anyanomaly eval   --dataset c-shtech|c-avenue|shtech|avenue|custom ... (see --help)
 
 Without --address, `detect` starts the embedded single-machine stack for the duration
 of the command.
@@ -22,7 +23,9 @@ import grpc
 from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2
 from tqdm import tqdm
 
+from services.common.errors import InvalidInput
 from services.common.profiles import VALUES as PROFILE_VALUES
+from services.evaluation import command as eval_command
 from services.launcher import EmbeddedStack, StackError, StackOptions
 from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_stream
 
@@ -90,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--fusion-rule", choices=tuple(FUSION_RULES), default=None,
                         help="several texts: fuse_then_max (default) or max_then_fuse (the reference)")
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("eval", help="micro-AUROC on C-ShT, C-Ave, ShanghaiTech, Avenue or your own data")
+    eval_command.add_arguments(evaluate)
+    _add_stack_options(evaluate)
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -193,6 +201,19 @@ async def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _eval(args: argparse.Namespace) -> int:
+    stack_options = None if args.address or args.results else _stack_options(args)
+    report = await eval_command.run_eval(args, stack_options)
+    print(f"{report['dataset']}: {report['mode']}")
+    for run in report["runs"]:
+        value = run["auroc"] if isinstance(run["auroc"], str) else f"{100 * run['auroc']:.2f}"
+        print(f"  {run['name']:24} {value:>9}  ({run['videos']} videos, {run['frames']} frames)")
+    average = report["averages"]["all"]
+    print(f"  {'average':24} {average if isinstance(average, str) else f'{100 * average:.2f}':>9}")
+    print(f"  report: {args.output_dir / 'report.md'}")
+    return 0
+
+
 async def _serve(args: argparse.Namespace) -> int:
     stack = EmbeddedStack(_stack_options(args, port=args.port, host=args.host))
     stop = asyncio.Event()
@@ -214,8 +235,9 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(_serve(args) if args.command == "serve" else _detect(args))
-    except UsageError as error:
+        command = {"serve": _serve, "detect": _detect, "eval": _eval}[args.command]
+        return asyncio.run(command(args))
+    except (UsageError, InvalidInput) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except StackError as error:

@@ -77,3 +77,35 @@ def temporal_context(
         tile = F.interpolate(groups[best][position].unsqueeze(0), size=(112, 112), mode="bilinear").numpy()[0]
         grid[:, row * 112 : (row + 1) * 112, col * 112 : (col + 1) * 112] = tile
     return best, (grid * 255).transpose(1, 2, 0).astype(np.uint8)
+
+
+def all_grids(key_frames: Sequence[np.ndarray], sizes: Sequence[int]) -> list[np.ndarray]:
+    """Every candidate 2x2 grid (uint8 HWC), candidates in the reference's order."""
+    _, first = temporal_context_candidates(key_frames, sizes)
+    return first
+
+
+def temporal_context_candidates(key_frames: Sequence[np.ndarray], sizes: Sequence[int]
+                                ) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    groups: list[torch.Tensor] = []
+    for size in sizes:
+        per_frame = [_windows(frame, size) for frame in key_frames]
+        groups += [torch.stack([p[i] for p in per_frame]) for i in range(per_frame[0].shape[0])]
+    mosaics = []
+    for group in groups:
+        grid = np.zeros((3, 224, 224), dtype=np.float32)
+        for position, (row, col) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            tile = F.interpolate(group[position].unsqueeze(0), size=(112, 112), mode="bilinear").numpy()[0]
+            grid[:, row * 112 : (row + 1) * 112, col * 112 : (col + 1) * 112] = tile
+        mosaics.append((grid * 255).transpose(1, 2, 0).astype(np.uint8))
+    return groups, mosaics
+
+
+def embed_images(model: ClipModel, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """224x224 uint8 images as the parity profile embeds them: /255, no mean/std."""
+    batch = torch.stack([torch.tensor(i.astype("float32") / 255).permute(2, 0, 1) for i in images])
+    return _encode_images(model, batch)
+
+
+def embed_text(model: ClipModel, text: str) -> torch.Tensor:
+    return _unit(_encode_text(model, [text]))[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import open_clip
+import pytest
 from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 
 from services.clip_service.engine import ClipEngine
@@ -133,3 +134,63 @@ async def test_avenue_preset_uses_25_9_1_windows_and_its_class_list(
         )
     assert list(response.class_names) == ["too_close", "bicycle", "throwing", "running", "dancing", "stroller"]
     assert all(0 <= c.grid_position.candidate < 35 for c in response.contexts)
+
+
+async def build(address: str, request: context_pb2.BuildContextsRequest) -> context_pb2.BuildContextsResponse:
+    async with open_channel(address) as channel:
+        return await context_pb2_grpc.ContextServiceStub(channel).BuildContexts(request)
+
+
+async def test_default_profile_fixes_differ_from_parity(
+    clip_server: tuple[RunningServer, ClipEngine], context_server: RunningServer, avenue21_pngs: list[bytes]
+) -> None:
+    """The parity quirks (raw-pixel windows, softmax on raw cosines) change the output; the
+    default profile's fixes give a sharper attention map over the same windows."""
+    running, _ = clip_server
+    selections = await select(running.address, avenue21_pngs, ["running"])
+    parity = await build(context_server.address,
+                         context_request(avenue21_pngs, selections, profile=common_pb2.PROFILE_PARITY))
+    default = await build(context_server.address, context_request(avenue21_pngs, selections))
+    parity_map = from_tensor(parity.contexts[0].attention_map)
+    default_map = from_tensor(default.contexts[0].attention_map)
+    assert not np.allclose(parity_map, default_map)
+    assert parity.contexts[0].position_context.data != default.contexts[0].position_context.data
+    # Parity on its own windows but with only the logit-scale fix: the raw map's spread grows.
+    request = context_request(avenue21_pngs, selections, profile=common_pb2.PROFILE_PARITY)
+    request.options.attention_logit_scale = 100.0
+    scaled = await build(context_server.address, request)
+    assert from_tensor(scaled.contexts[0].attention_map).std() != pytest.approx(parity_map.std(), rel=1e-3)
+
+
+async def test_grid_embedding_selection_embeds_every_candidate_grid(
+    clip_server: tuple[RunningServer, ClipEngine], context_server: RunningServer, avenue21_frames: list[np.ndarray],
+    avenue21_pngs: list[bytes],
+) -> None:
+    running, engine = clip_server
+    selections = await select(running.address, avenue21_pngs, ["running"])
+    request = context_request(avenue21_pngs, selections, profile=common_pb2.PROFILE_PARITY)
+    request.options.temporal_selection = context_pb2.TEMPORAL_SELECTION_GRID_EMBEDDING
+    before = engine.model.images_encoded
+    response = await build(context_server.address, request)
+    distinct = len({*selections.selections[0].key_frames, selections.selections[0].representative})
+    assert engine.model.images_encoded - before == 38 * distinct + 38  # windows, then the 38 composed grids
+    # Independent check: compose all 38 grids with the reference code and embed them directly.
+    key_frames = [avenue21_frames[k] for k in selections.selections[0].key_frames]
+    grids = reference.all_grids(key_frames, (48, 80, 120))
+    scores = (reference.embed_images(engine.model, grids) @ reference.embed_text(engine.model, "running")).numpy()
+    assert response.contexts[0].grid_position.candidate == int(np.argmax(scores))
+    assert response.contexts[0].grid_position.score == pytest.approx(float(scores.max()), abs=1e-4)
+
+
+async def test_half_stride_windows_give_115_candidates(
+    clip_server: tuple[RunningServer, ClipEngine], context_server: RunningServer, avenue21_pngs: list[bytes]
+) -> None:
+    running, engine = clip_server
+    selections = await select(running.address, avenue21_pngs, ["running"])
+    request = context_request(avenue21_pngs, selections)
+    request.options.half_stride = True
+    before = engine.model.images_encoded
+    response = await build(context_server.address, request)
+    distinct = len({*selections.selections[0].key_frames, selections.selections[0].representative})
+    assert engine.model.images_encoded - before == 115 * distinct  # 81 + 25 + 9 windows per frame
+    assert 0 <= response.contexts[0].grid_position.candidate < 115

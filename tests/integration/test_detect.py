@@ -142,3 +142,38 @@ async def test_a_dead_lvlm_service_gives_unavailable(stack: Stack, tmp_path: Pat
                      orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 8))), ["car"])
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "lvlm_service" in (caught.value.details() or "")
+
+
+async def test_both_multi_text_rules_are_reported_and_parity_scores_with_the_reference_rule(
+    stack: Stack, tmp_path: Path
+) -> None:
+    folder = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 29)))
+    texts = ["cart", "bicycle", "skateboard"]
+    _, default_segments, default_summary = split(await detect(stack.orchestrator.address, folder, texts, sigma=0.0))
+    _, parity_segments, parity_summary = split(await detect(stack.orchestrator.address, folder, texts, sigma=0.0,
+                                                            profile=2))
+    for segment in default_segments + parity_segments:
+        streams = [(t.frame.score, t.position.score, t.temporal.score) for t in segment.scores]
+        best = [max(0.0, *(s[i] for s in streams)) for i in range(3)]
+        assert segment.max_then_fuse == pytest.approx(0.6 * best[0] + 0.3 * best[1] + 0.1 * best[2], abs=1e-6)
+        assert segment.max_fused == pytest.approx(max(t.fused for t in segment.scores), abs=1e-6)
+        assert segment.max_then_fuse >= segment.max_fused - 1e-6
+    assert all(s.score == s.max_fused for s in default_segments)
+    assert all(s.score == s.max_then_fuse for s in parity_segments)
+    assert default_summary.multi_text_fusion == orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX
+    assert parity_summary.multi_text_fusion == orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE
+    assert (parity_summary.profile, parity_summary.tail_policy) == (2, orchestrator_pb2.TAIL_POLICY_DROP)
+    assert (len(default_segments), len(parity_segments)) == (2, 1)  # the 5-frame tail: scored vs dropped
+
+
+async def test_key_frame_strategies_reach_clip_service(stack: Stack, tmp_path: Path) -> None:
+    folder = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 48)))
+    runs = [split(await detect(stack.orchestrator.address, folder, ["car"], strategy=2))[1] for _ in range(2)]
+    paper = split(await detect(stack.orchestrator.address, folder, ["car"]))[1]
+    for segment in runs[0]:
+        keys = list(segment.scores[0].key_frames)
+        assert keys == sorted(set(keys)) and segment.scores[0].representative == keys[0]  # random: earliest
+    assert [list(s.scores[0].key_frames) for s in runs[0]] == [list(s.scores[0].key_frames) for s in runs[1]]
+    for segment in paper:  # CLIP then grouping: the same offset in each group of 6
+        keys = [k - segment.start_frame for k in segment.scores[0].key_frames]
+        assert [k - keys[0] for k in keys] == [0, 6, 12, 18]

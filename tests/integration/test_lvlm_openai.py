@@ -178,3 +178,35 @@ async def test_bad_score_requests_are_invalid_argument(fake: FakeOpenAIServer) -
         assert (await score(lvlm.address, segment_items(["car"]))).usage.calls == 3
     finally:
         await lvlm.shutdown(1.0)
+
+
+async def test_parity_profile_uses_the_reference_prompt_label_parser_and_no_retry(fake: FakeOpenAIServer) -> None:
+    def answer(request: dict[str, Any]) -> Reply:
+        return Reply("I cannot tell." if "**car**" in prompt_text(request) else "1. **Score**: 0.9")
+
+    fake.answer = answer
+    lvlm = await openai_lvlm(fake)
+    items = segment_items(["running", "car"])
+    try:
+        parity = await score(lvlm.address, items, profile=common_pb2.PROFILE_PARITY, preset="shtech")
+        parity_prompts = [prompt_text(r) for r in fake.requests]
+        fake.requests.clear()
+        default = await score(lvlm.address, items, preset="shtech")
+        default_prompts = [prompt_text(r) for r in fake.requests]
+        fake.requests.clear()
+        await score(lvlm.address, items, profile=common_pb2.PROFILE_PARITY, preset="avenue", output_label="Answer")
+        labelled = [prompt_text(r) for r in fake.requests]
+    finally:
+        await lvlm.shutdown(1.0)
+    assert all("- **Response**:" in p for p in parity_prompts)  # ShT's label
+    assert all("- **Output**:" in p for p in default_prompts)
+    assert all("- **Answer**:" in p for p in labelled)  # the option beats the profile
+    assert any("0 to 1.A score" in p for p in parity_prompts)  # the reference's P* typo
+    assert not any("0 to 1.A score" in p for p in default_prompts)
+    running_parity, car_parity = parity.items[0].scores
+    running_default, car_default = default.items[0].scores
+    assert running_parity.score == pytest.approx(1.0) and running_default.score == pytest.approx(0.9)
+    assert running_default.reason == ""  # nothing but the numbering besides the score
+    assert (car_parity.score, car_parity.parsed, car_parity.attempts) == (0.0, False, 1)  # no retry in parity
+    assert car_default.attempts == 2
+    assert parity.usage.calls == 6 and default.usage.calls == 9  # car is retried in each of its 3 images

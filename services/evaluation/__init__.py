@@ -1,0 +1,1 @@
+"""`anyanomaly eval`: AnyAnomaly's evaluation on C-ShT, C-Ave, ShanghaiTech, Avenue and custom data."""

@@ -1,0 +1,96 @@
+"""`anyanomaly eval` end to end: a small C-Ave-style dataset built from the real Avenue clips
+08, 20 and 21 with their real C-Ave labels, evaluated with the tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tests.e2e.test_cli import run
+from tests.helpers.fixtures import avenue_clip, fixtures_root
+
+VIDEOS = ["08", "20", "21"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The authors' layout: avenue/testing/frames/<video>/<0000>.jpg, decoded from the clips."""
+    root = tmp_path_factory.mktemp("data")
+    for video in VIDEOS:
+        folder = root / "avenue" / "testing" / "frames" / video
+        folder.mkdir(parents=True)
+        capture = cv2.VideoCapture(str(avenue_clip(video)))
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            cv2.imwrite(str(folder / f"{index:04d}.jpg"), frame)
+            index += 1
+        capture.release()
+    return root
+
+
+def labels_root() -> str:
+    return str(fixtures_root() / "labels" / "anyanomaly" / "ground_truth")
+
+
+@pytest.fixture(scope="module")
+def evaluated(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("eval")
+    done = run("eval", "--dataset", "c-avenue", "--data-root", str(data_root), "--labels-root", labels_root(),
+               "--videos", *VIDEOS, "--models", "tiny", "--output-dir", str(output), "--quiet", timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "c-avenue: fixed hyperparameters" in done.stdout
+    return output
+
+
+def test_eval_writes_the_report_the_table_and_the_plots(evaluated: Path) -> None:
+    report = json.loads((evaluated / "report.json").read_text())
+    assert report["mode"] == "fixed hyperparameters"
+    assert report["settings"]["weights"] == [0.6, 0.3, 0.1] and report["settings"]["sigma"] == 15.0
+    runs = {r["name"]: r for r in report["runs"]}
+    assert list(runs) == ["too_close", "bicycle", "throwing", "running", "dancing"]
+    for name in ("throwing", "running"):  # 20 is throwing, 08 and 21 are running
+        assert isinstance(runs[name]["auroc"], float) and 0 <= runs[name]["auroc"] <= 1
+        assert runs[name]["frames"] == 36 + 273 + 76
+    assert runs["throwing"]["positive_frames"] == 154 and runs["running"]["positive_frames"] == 63
+    for name in ("too_close", "bicycle", "dancing"):  # no positive frame in these three videos
+        assert runs[name]["auroc"] == "undefined"
+    assert runs["running"]["per_video"]["20"] == "undefined"  # no running in 20
+    table = (evaluated / "report.md").read_text()
+    assert "| Method | throwing | running | dancing | Action | too_close | bicycle | Appearance | Avg |" in table
+    assert "90.27" in table  # the paper's number beside ours
+    for png in ["roc.png", "scores/throwing.png", "scores/running.png"]:
+        assert (evaluated / png).read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in (evaluated / "results" / "classes").iterdir()) == [f"{v}.json" for v in VIDEOS]
+
+
+def test_rescoring_cached_results_needs_no_model(evaluated: Path, tmp_path: Path) -> None:
+    done = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--videos", *VIDEOS,
+               "--results", str(evaluated / "results"), "--weights", "1", "0", "0", "--sigma", "2",
+               "--output-dir", str(tmp_path), "--quiet")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["weights"] == [1.0, 0.0, 0.0] and report["settings"]["sigma"] == 2.0
+    assert not (tmp_path / "results").exists()  # nothing was detected again
+    oracle = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--videos", *VIDEOS,
+                 "--results", str(evaluated / "results"), "--oracle-search", "--output-dir", str(tmp_path / "o"))
+    assert oracle.returncode == 0, oracle.stderr
+    assert "oracle (tuned on test labels)" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_results_of_another_configuration_and_bad_datasets_fail_clearly(evaluated: Path, tmp_path: Path) -> None:
+    parity = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--videos", *VIDEOS,
+                 "--results", str(evaluated / "results"), "--profile", "parity", "--output-dir", str(tmp_path))
+    assert parity.returncode == 2
+    assert "08.json comes from another configuration: profile 'default', expected 'parity'" in parity.stderr
+    missing = run("eval", "--dataset", "c-avenue", "--data-root", str(tmp_path / "nothing"),
+                  "--labels-root", labels_root(), "--models", "tiny", "--output-dir", str(tmp_path))
+    assert missing.returncode == 2 and "data root not found" in missing.stderr
+    unknown = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--classes", "juggling",
+                  "--results", str(evaluated / "results"), "--output-dir", str(tmp_path))
+    assert unknown.returncode == 2 and "unknown class 'juggling'" in unknown.stderr
