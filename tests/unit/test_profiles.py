@@ -1,0 +1,66 @@
+"""Every difference between the parity and default profiles is a named option with the
+reference's value under parity and the production value by default (README table)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from anyanomaly.v1 import common_pb2, orchestrator_pb2
+
+from services.common.errors import InvalidInput
+from services.common.profiles import profile_name
+from services.context_service.params import resolve_params
+from services.lvlm_service.engine import Parser, ScoreParams
+from services.orchestrator.options import resolve
+from tests.helpers.fixtures import REPO_ROOT
+
+
+def test_context_choices_per_profile_and_overrides() -> None:
+    parity, default = resolve_params("parity").choices, resolve_params("default").choices
+    assert (parity.normalize_windows, parity.logit_scale, parity.minmax_epsilon) == (False, 1.0, 0.0)
+    assert (default.normalize_windows, default.logit_scale, default.minmax_epsilon) == (True, 100.0, 1e-8)
+    assert parity.class_adaptive and default.class_adaptive
+    mixed = resolve_params("parity", normalize_windows=True, logit_scale=50.0).choices
+    assert (mixed.normalize_windows, mixed.logit_scale, mixed.minmax_epsilon) == (True, 50.0, 0.0)
+    assert resolve_params("parity", preset="avenue").window_sizes == (48, 80, 240)
+
+
+def test_lvlm_choices_per_profile_and_overrides() -> None:
+    parity, default = ScoreParams(profile="parity", preset="shtech"), ScoreParams(preset="shtech")
+    assert (parity.effective_parser, parity.retries, parity.style().output_label) == (
+        Parser.FIRST_NUMBER, False, "Response")
+    assert parity.style().reproduce_tc_typo and not default.style().reproduce_tc_typo
+    assert ScoreParams(profile="parity", preset="avenue").style().output_label == "Output"
+    assert (default.effective_parser, default.retries, default.style().output_label) == (
+        Parser.ROBUST, True, "Output")
+    assert ScoreParams(profile="parity", parser=Parser.ROBUST, retry_unparsed=True).retries
+
+
+def test_detect_choices_per_profile() -> None:
+    parity = resolve(orchestrator_pb2.DetectOptions(profile=common_pb2.PROFILE_PARITY), 2)
+    default = resolve(orchestrator_pb2.DetectOptions(), 2)
+    assert (parity.tail_policy, parity.multi_text_fusion) == ("drop", "max_then_fuse")
+    assert (default.tail_policy, default.multi_text_fusion) == ("score", "fuse_then_max")
+    assert parity.context_options.profile == parity.score_options.profile == common_pb2.PROFILE_PARITY
+    assert default.context_options.preset == default.score_options.preset == "shtech"
+    # The service's own --profile decides for requests that name none.
+    assert resolve(orchestrator_pb2.DetectOptions(), 2, "parity").tail_policy == "drop"
+
+
+def test_unknown_profile_values_are_refused() -> None:
+    assert profile_name(common_pb2.PROFILE_UNSPECIFIED, "parity") == "parity"
+    with pytest.raises(InvalidInput, match="unknown profile value 9"):
+        profile_name(9)
+
+
+def test_every_python_package_is_packaged() -> None:
+    """A service image built with `pip install .[extra]` (not editable) must get every module."""
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(config["packages"])
+    found = set()
+    for init in list((REPO_ROOT / "services").rglob("__init__.py")) + list((REPO_ROOT / "protos").rglob("__init__.py")):
+        relative = init.parent.relative_to(REPO_ROOT / ("protos" if "protos" in init.parts else ""))
+        found.add(".".join(Path(relative).parts))
+    assert found == declared
