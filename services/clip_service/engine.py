@@ -46,6 +46,13 @@ class Selection:
     similarities: np.ndarray  # (N,)
 
 
+@dataclass(frozen=True)
+class KeyFrameResult:
+    selections: list[Selection]  # one per text
+    joint: Selection | None  # all texts together (text ""), when asked for
+    best_similarity: float  # the highest frame-text cosine of the segment
+
+
 def _normalize_rows(features: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(features, axis=-1, keepdims=True)
     return (features / norms).astype(np.float32)
@@ -184,8 +191,10 @@ class ClipEngine:
         strategy: Strategy = Strategy.CLIP_THEN_GROUPING,
         seed: int = 0,
         mode: Mode = Mode.CENTER_CROP,
-    ) -> list[Selection]:
-        """Key frames for every text from ONE embedding pass over the segment's frames."""
+        joint: bool = False,
+    ) -> KeyFrameResult:
+        """Key frames for every text from ONE embedding pass over the segment's frames; with
+        `joint`, also one selection for all texts (each frame's best similarity over the texts)."""
         if not frames:
             raise InvalidInput("no frames given: send the N frames of a segment")
         if len(frames) < MIN_FRAMES:
@@ -199,9 +208,11 @@ class ClipEngine:
             self.embed_images(frames, mode),
         )
         similarities = frame_vectors.embeddings @ text_vectors.T  # (N, k) cosines
-        selections = []
-        for index, text in enumerate(texts):
-            column = np.ascontiguousarray(similarities[:, index])
-            chosen = select_key_frames(column, strategy, seed)
-            selections.append(Selection(text, chosen.representative, chosen.key_frames, column))
-        return selections
+        columns = [np.ascontiguousarray(similarities[:, i]) for i in range(len(texts))]
+        if joint:
+            columns.append(np.ascontiguousarray(similarities.max(axis=1)))
+        chosen = []
+        for text, column in zip([*texts, ""], columns, strict=False):
+            picked = select_key_frames(column, strategy, seed)
+            chosen.append(Selection(text, picked.representative, picked.key_frames, column))
+        return KeyFrameResult(chosen[: len(texts)], chosen[-1] if joint else None, float(similarities.max()))

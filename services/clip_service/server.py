@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 
 from services.clip_service.config import ClipSettings
-from services.clip_service.engine import ClipEngine, TextEncoding
+from services.clip_service.engine import ClipEngine, Selection, TextEncoding
 from services.clip_service.ksm import Strategy
 from services.clip_service.preprocess import Mode
 from services.common.errors import InvalidInput
@@ -45,6 +45,13 @@ def _lookup(table: Mapping[Any, T], value: int, what: str) -> T:
     return table[value]
 
 
+def _selection(selection: Selection) -> clip_pb2.KeyFrameSelection:
+    return clip_pb2.KeyFrameSelection(
+        text=selection.text, representative=selection.representative, key_frames=list(selection.key_frames),
+        similarities=selection.similarities.tolist(),
+    )
+
+
 class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
     def __init__(self, engine: ClipEngine) -> None:
         self._engine = engine
@@ -75,21 +82,16 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
     ) -> clip_pb2.SelectKeyFramesResponse:
         strategy = _lookup(STRATEGIES, request.strategy, "key-frame strategy")
         mode = _lookup(_MODES, request.preprocess, "preprocess")
-        selections = await self._engine.select_key_frames(
-            [frame.data for frame in request.frames], list(request.texts),
-            strategy, request.seed, mode,
+        result = await self._engine.select_key_frames(
+            [frame.data for frame in request.frames], list(request.texts), strategy, request.seed, mode,
+            joint=request.joint,
         )
-        return clip_pb2.SelectKeyFramesResponse(
-            selections=[
-                clip_pb2.KeyFrameSelection(
-                    text=s.text,
-                    representative=s.representative,
-                    key_frames=list(s.key_frames),
-                    similarities=s.similarities.tolist(),
-                )
-                for s in selections
-            ]
+        response = clip_pb2.SelectKeyFramesResponse(
+            selections=[_selection(s) for s in result.selections], best_similarity=result.best_similarity
         )
+        if result.joint is not None:
+            response.joint.CopyFrom(_selection(result.joint))
+        return response
 
     async def GetModelInfo(
         self, request: common_pb2.GetModelInfoRequest, context: RpcContext

@@ -38,6 +38,11 @@ class Query:
     text: str
     key_frames: tuple[int, ...]  # 4 indices into the request's frames
     representative: int
+    more_texts: tuple[str, ...] = ()  # a joint context for several texts
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return (self.text, *self.more_texts)
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,9 @@ class ContextEngine:
             raise InvalidInput(f"{len(queries)} queries in one request; the limit is "
                                f"{self.settings.max_queries_per_request}")
         validate_texts([q.text for q in queries], "query texts")
+        for position, query in enumerate(queries):
+            if query.more_texts:
+                validate_texts(query.more_texts, f"queries[{position}].more_texts")
         used: set[int] = set()
         for position, query in enumerate(queries):
             if len(query.key_frames) != 4:
@@ -138,7 +146,7 @@ class ContextEngine:
         if class_names:
             validate_texts(class_names, "class names")
         prepared, pngs = await asyncio.to_thread(self._prepare, frames, used)
-        texts = list(dict.fromkeys(q.text for q in queries))
+        texts = list(dict.fromkeys(t for q in queries for t in q.texts))
         classes = class_list(params.preset.class_names, class_names, texts)
         # Everything CLIP must see for this request, in three concurrent calls:
         # all windows of all used frames (one batched call), the class matrix, the raw texts.
@@ -167,7 +175,8 @@ class ContextEngine:
         vectors = await self.clip.embed_images(pngs, params.choices.normalize_windows)
         per_query = len(pngs) // len(queries)
         return [
-            select_grid(vectors[i * per_query : (i + 1) * per_query], embedded.text_vectors[q.text])
+            max((select_grid(vectors[i * per_query : (i + 1) * per_query], embedded.text_vectors[t])
+                 for t in q.texts), key=lambda choice: choice[1])
             for i, q in enumerate(queries)
         ]
 
@@ -181,15 +190,20 @@ class ContextEngine:
     ) -> list[TextContext]:
         results = []
         for position, query in enumerate(queries):
-            score_map = attention_map(
-                embedded.windows[embedded.row_of[query.representative]], embedded.grids, embedded.class_matrix,
-                embedded.classes.index(query.text), params.choices.logit_scale, params.choices.class_adaptive,
-            )
+            # A joint context highlights wherever any of its texts is (the max of their maps).
+            score_map = np.maximum.reduce([
+                attention_map(
+                    embedded.windows[embedded.row_of[query.representative]], embedded.grids, embedded.class_matrix,
+                    embedded.classes.index(text), params.choices.logit_scale, params.choices.class_adaptive,
+                )
+                for text in query.texts
+            ])
             mask = minmax(score_map, params.choices.minmax_epsilon)
             pc = position_context(prepared[query.representative].resized, mask)
             if chosen is None:
                 key_windows = embedded.windows[[embedded.row_of[k] for k in query.key_frames]]
-                candidate, score = select_position(key_windows, embedded.text_vectors[query.text])
+                candidate, score = max((select_position(key_windows, embedded.text_vectors[t]) for t in query.texts),
+                                       key=lambda choice: choice[1])
             else:
                 candidate, score = chosen[position]
             grid, index = locate(embedded.grids, candidate)

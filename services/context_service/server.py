@@ -48,7 +48,8 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
         self, request: context_pb2.BuildContextsRequest, context: RpcContext
     ) -> context_pb2.BuildContextsResponse:
         params = params_from_proto(request.options, self._engine.settings.profile)
-        queries = [Query(q.text, tuple(q.key_frames), q.representative) for q in request.queries]
+        queries = [Query(q.text, tuple(q.key_frames), q.representative, tuple(q.more_texts))
+                   for q in request.queries]
         results, classes = await self._engine.build(
             [frame.data for frame in request.frames], queries, list(request.class_names), params
         )

@@ -40,6 +40,15 @@ class LvlmSettings(ServerSettings):
     openai_api_key: str = setting("", "openai backend: bearer token, if the server wants one")
     request_timeout_seconds: float = setting(120.0, "openai backend: limit for one chat-completions request")
     max_concurrency: int = setting(16, "openai backend: requests in flight to the server at once")
+    max_queued: int = setting(512, "openai backend: requests that may wait for a slot; beyond that callers get "
+                              "RESOURCE_EXHAUSTED")
+    http_retries: int = setting(3, "openai backend: retries of a request after HTTP 429 / 5xx or a timeout")
+    retry_backoff_seconds: float = setting(0.5, "openai backend: first retry delay, doubled each time (Retry-After "
+                                           "wins)")
+    structured_output_field: str = setting(
+        "vllm", "openai backend: how JSON answers are requested: 'vllm' (structured_outputs, vLLM >= 0.12), "
+        "'openai' (response_format json_schema) or 'none'", choices=("vllm", "openai", "none"))
+    top_logprobs: int = setting(20, "fast mode: candidates per answer token (vLLM allows up to --max-logprobs, 20)")
     max_tokens: int = setting(128, "most tokens an answer may have (the reference: 128)")
     system_prompt: str = setting("", "optional system message sent before each prompt")
     max_image_pixels: int = setting(3840 * 2160, "largest image accepted, in pixels")

@@ -11,7 +11,7 @@ from services.common.server import RpcContext, ServiceSpec
 from services.lvlm_service.backends.base import Backend
 from services.lvlm_service.config import LvlmSettings
 from services.lvlm_service.engine import Item, LvlmEngine, Parser, ScoreParams
-from services.lvlm_service.prompts import Kind
+from services.lvlm_service.prompts import Kind, Mode
 
 SERVICE_NAME = lvlm_pb2.DESCRIPTOR.services_by_name["LvlmService"].full_name
 
@@ -21,6 +21,12 @@ KINDS = {
     lvlm_pb2.CONTEXT_KIND_TEMPORAL: Kind.TEMPORAL,
 }
 KIND_VALUES = {kind: value for value, kind in KINDS.items()}
+MODES = {
+    lvlm_pb2.SCORE_MODE_UNSPECIFIED: Mode.STANDARD,
+    lvlm_pb2.SCORE_MODE_STANDARD: Mode.STANDARD,
+    lvlm_pb2.SCORE_MODE_FAST: Mode.FAST,
+    lvlm_pb2.SCORE_MODE_REASON_FIRST: Mode.REASON_FIRST,
+}
 PARSERS = {
     lvlm_pb2.SCORE_PARSER_UNSPECIFIED: None,
     lvlm_pb2.SCORE_PARSER_ROBUST: Parser.ROBUST,
@@ -31,6 +37,8 @@ PARSERS = {
 def params_from_proto(options: lvlm_pb2.ScoreOptions, default_profile: str = "default") -> ScoreParams:
     if options.parser not in PARSERS:
         raise InvalidInput(f"unknown score parser value {options.parser}")
+    if options.mode not in MODES:
+        raise InvalidInput(f"unknown score mode value {options.mode}")
     if options.max_tokens < 0:
         raise InvalidInput(f"max_tokens must not be negative, got {options.max_tokens}")
     get_preset(options.preset)  # an unknown preset is refused here
@@ -41,6 +49,8 @@ def params_from_proto(options: lvlm_pb2.ScoreOptions, default_profile: str = "de
         parser=PARSERS[options.parser], max_tokens=options.max_tokens, output_label=options.output_label,
         retry_unparsed=options.retry_unparsed if options.HasField("retry_unparsed") else None,
         reference_prompt_typo=options.reference_prompt_typo if options.HasField("reference_prompt_typo") else None,
+        structured_output=options.structured_output if options.HasField("structured_output") else None,
+        mode=MODES[options.mode], multi_text=options.multi_text,
     )
 
 
@@ -72,6 +82,7 @@ class LvlmServicer(lvlm_pb2_grpc.LvlmServiceServicer):
         response.usage.CopyFrom(lvlm_pb2.Usage(
             calls=usage.calls, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             images=usage.images, queue_seconds=usage.queue_seconds, engine_seconds=usage.engine_seconds,
+            retries=usage.retries, failures=usage.failures,
         ))
         return response
 
@@ -88,6 +99,8 @@ def make_backend(settings: LvlmSettings) -> Backend:
         return OpenAIBackend(
             settings.openai_url, settings.openai_model, settings.openai_api_key,
             settings.request_timeout_seconds, settings.max_concurrency, settings.system_prompt,
+            max_queued=settings.max_queued, retries=settings.http_retries,
+            backoff_seconds=settings.retry_backoff_seconds, structured_field=settings.structured_output_field,
         )
     from services.lvlm_service.backends.transformers_local import TransformersBackend
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2
+from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
 from tqdm import tqdm
 
 from services.common.errors import InvalidInput
@@ -40,6 +40,8 @@ STRATEGIES = {
 }
 SELECTIONS = {"max_window": context_pb2.TEMPORAL_SELECTION_MAX_WINDOW,
               "grid_embedding": context_pb2.TEMPORAL_SELECTION_GRID_EMBEDDING}
+MODES = {"standard": lvlm_pb2.SCORE_MODE_STANDARD, "fast": lvlm_pb2.SCORE_MODE_FAST,
+         "reason_first": lvlm_pb2.SCORE_MODE_REASON_FIRST}
 FUSION_RULES = {"fuse_then_max": orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX,
                 "max_then_fuse": orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE}
 
@@ -92,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="temporal-context position: max_window (the reference) or grid_embedding (the paper)")
     detect.add_argument("--fusion-rule", choices=tuple(FUSION_RULES), default=None,
                         help="several texts: fuse_then_max (default) or max_then_fuse (the reference)")
+    detect.add_argument("--mode", choices=tuple(MODES), default="standard",
+                        help="LVLM scoring: standard (score + reason), fast (score from token probabilities, no "
+                             "reason) or reason_first")
+    detect.add_argument("--multi-text", action="store_true",
+                        help="score all texts on shared images: 3 LVLM calls per segment instead of 3 per text")
+    detect.add_argument("--reason-threshold", type=float, default=None,
+                        help="with --mode fast: fetch the reason of texts whose fused score reaches this")
+    detect.add_argument("--gate", type=float, default=None,
+                        help="skip the LVLM for segments whose best CLIP similarity is below this (off by default)")
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser("eval", help="micro-AUROC on C-ShT, C-Ave, ShanghaiTech, Avenue or your own data")
@@ -128,6 +139,12 @@ def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
     if args.fusion_rule is not None:
         options.multi_text_fusion = FUSION_RULES[args.fusion_rule]
     options.context.half_stride = args.half_stride
+    options.scoring.mode = MODES[args.mode]
+    options.multi_text = args.multi_text
+    if args.reason_threshold is not None:
+        options.reason_threshold = args.reason_threshold
+    if args.gate is not None:
+        options.gate_threshold = args.gate
     if args.grid_selection is not None:
         options.context.temporal_selection = SELECTIONS[args.grid_selection]
     return orchestrator_pb2.DetectRequest(source=_source(args.source, bool(args.address)), texts=args.texts,
@@ -169,7 +186,11 @@ def _print_summary(result: dict[str, Any], output: Path | None) -> None:
               f"({best[0]}) {best[1]['reason'][:100]}")
     if result["parse_failures"]:
         print(f"  {result['parse_failures']} answers had no readable score (scored 0)")
-    print(f"  {result['timings']['total_seconds']:.1f} s, {result['lvlm_usage']['calls']} LVLM calls")
+    usage = result["lvlm_usage"]
+    print(f"  {result['timings']['total_seconds']:.1f} s, {usage['calls']} LVLM calls, "
+          f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} answer tokens")
+    if result["gated_segments"]:
+        print(f"  {result['gated_segments']} of {len(segments)} segments skipped the LVLM (CLIP gate)")
     if "warning" in result["models"]:
         print(f"  note: {RANDOM_WEIGHTS_WARNING}")
     if output is not None:

@@ -84,7 +84,10 @@ class ResultBuilder:
             "representative": {s.text: s.representative for s in segment.scores},
             "scores": scores, "max_fused": _round(segment.max_fused),
             "max_then_fuse": _round(segment.max_then_fuse), "score": _round(segment.score),
+            "best_similarity": _round(segment.best_similarity), "lvlm_calls": segment.lvlm_usage.calls,
         }
+        if segment.gated:
+            document["gated"] = True
         if failures:
             document["parse_failures"] = failures
         return document
@@ -120,6 +123,7 @@ class ResultBuilder:
             "frame_scores": [_round(v) for v in summary.frame_scores],
             "scored_frames": summary.scored_frames,
             "parse_failures": summary.parse_failures,
+            "gated_segments": summary.gated_segments,
             "lvlm_usage": {"calls": usage.calls, "prompt_tokens": usage.prompt_tokens,
                            "completion_tokens": usage.completion_tokens, "images": usage.images,
                            "queue_seconds": round(usage.queue_seconds, 3),

@@ -61,9 +61,19 @@ def resolve(
     scoring.CopyFrom(options.scoring)
     scoring.profile = scoring.profile or PROFILE_VALUES[profile]
     scoring.preset = scoring.preset or preset
+    scoring.multi_text = scoring.multi_text or options.multi_text
+    for name in ("reason_threshold", "gate_threshold"):
+        if options.HasField(name) and not math.isfinite(getattr(options, name)):
+            raise InvalidInput(f"{name} must be a number, got {getattr(options, name)}")
+    if options.HasField("reason_threshold") and scoring.mode != lvlm_pb2.SCORE_MODE_FAST:
+        raise InvalidInput("reason_threshold applies to the fast scoring mode (scoring.mode = SCORE_MODE_FAST), "
+                           "whose scores come without reasons")
     return DetectParams(
         profile=profile, segment_length=length, weights=(weights[0], weights[1], weights[2]), sigma=sigma,
         tail_policy=tail, multi_text_fusion=fusion_rule,
         strategy=options.strategy or common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING,
         max_in_flight=in_flight, context_options=context, score_options=scoring,
+        multi_text=scoring.multi_text,
+        reason_threshold=options.reason_threshold if options.HasField("reason_threshold") else None,
+        gate_threshold=options.gate_threshold if options.HasField("gate_threshold") else None,
     )

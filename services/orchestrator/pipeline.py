@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2
 
@@ -22,7 +22,7 @@ from services.orchestrator.fusion import (
     max_then_fuse,
     smooth,
 )
-from services.orchestrator.service_clients import ServiceClients, StreamScore
+from services.orchestrator.service_clients import KeyFrameChoice, ServiceClients, StreamScore
 from services.orchestrator.sources import FrameSource
 
 MIN_SEGMENT_FRAMES = 4  # the key-frame rule picks one frame in each quarter
@@ -39,6 +39,9 @@ class DetectParams:
     multi_text_fusion: str = "fuse_then_max"  # or "max_then_fuse" (the reference)
     strategy: common_pb2.KeyFrameStrategy.ValueType = common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING
     max_in_flight: int = 2
+    multi_text: bool = False  # one joint key-frame choice and three LVLM calls per segment
+    reason_threshold: float | None = None  # fast mode: reasons for texts whose fused score reaches this
+    gate_threshold: float | None = None  # skip the LVLM when the best CLIP similarity is below this
     context_options: context_pb2.ContextOptions = field(default_factory=context_pb2.ContextOptions)
     score_options: lvlm_pb2.ScoreOptions = field(default_factory=lvlm_pb2.ScoreOptions)
 
@@ -72,6 +75,8 @@ class SegmentOutcome:
     max_then_fuse: float  # the reference's rule
     score: float  # under the request's rule
     usage: lvlm_pb2.Usage
+    gated: bool = False  # skipped by the CLIP gate
+    best_similarity: float = 0.0
 
 
 @dataclass
@@ -101,6 +106,8 @@ class Summary:
     lvlm_model: common_pb2.ModelInfo
     lvlm_usage: lvlm_pb2.Usage
     parse_failures: int
+    segments: int = 0
+    gated_segments: int = 0
 
 
 Update = Started | SegmentOutcome | Summary
@@ -133,31 +140,74 @@ class Detector:
     async def _process(self, segment: _Segment, texts: list[str], params: DetectParams, timings: Timings
                        ) -> SegmentOutcome:
         started = time.perf_counter()
-        choices = await self._clients.select_key_frames(segment.frames, texts, params.strategy, seed=segment.index)
-        selected = time.perf_counter()
+        selected_frames = await self._clients.select_key_frames(
+            segment.frames, texts, params.strategy, seed=segment.index, joint=params.multi_text)
+        timings.key_frames += time.perf_counter() - started
+        best = selected_frames.best_similarity
+        if params.gate_threshold is not None and best < params.gate_threshold:
+            return self._gated(segment, selected_frames.choices, best, params)
+        # Per text, or one joint choice whose three images carry every text.
+        choices = [selected_frames.joint] if selected_frames.joint is not None else selected_frames.choices
+        built_at = time.perf_counter()
         contexts = await self._clients.build_contexts(segment.frames, choices, params.context_options)
-        built = time.perf_counter()
+        scored_at = time.perf_counter()
+        timings.contexts += scored_at - built_at
         streams, usage = await self._clients.score(segment.frames, choices, contexts, params.score_options)
-        scored = time.perf_counter()
-        timings.key_frames += selected - started
-        timings.contexts += built - selected
-        timings.scoring += scored - built
+        timings.scoring += time.perf_counter() - scored_at
+        choice_of = {t: c for c in choices for t in c.texts}
         results = []
-        for choice, scores in zip(choices, streams, strict=True):
+        for text in texts:
+            scores, choice = streams[text], choice_of[text]
             frame, position, temporal = (scores.get(s, MISSING) for s in ("frame", "position", "temporal"))
             results.append(TextResult(
-                text=choice.text,
+                text=text,
                 representative=segment.start + choice.representative,
                 key_frames=tuple(segment.start + k for k in choice.key_frames),
                 frame=frame, position=position, temporal=temporal,
                 fused=fuse(frame.score, position.score, temporal.score, params.weights),
             ))
+        if params.score_options.mode == lvlm_pb2.SCORE_MODE_FAST and params.reason_threshold is not None:
+            results, usage = await self._add_reasons(segment, results, usage, params)
+        return self._outcome(segment, results, usage, params, best)
+
+    async def _add_reasons(self, segment: _Segment, results: list[TextResult], usage: lvlm_pb2.Usage,
+                           params: DetectParams) -> tuple[list[TextResult], lvlm_pb2.Usage]:
+        """Fast mode scores without reasons; the texts that reach the threshold get their key
+        frame's reason from one standard-mode call each."""
+        assert params.reason_threshold is not None
+        wanted = [(r.text, r.representative - segment.start) for r in results if r.fused >= params.reason_threshold]
+        if not wanted:
+            return results, usage
+        options = lvlm_pb2.ScoreOptions()
+        options.CopyFrom(params.score_options)
+        options.mode, options.multi_text = lvlm_pb2.SCORE_MODE_STANDARD, False
+        reasons, extra = await self._clients.reasons(segment.frames, wanted, options)
+        total = lvlm_pb2.Usage()
+        for part in (usage, extra):
+            for descriptor in lvlm_pb2.Usage.DESCRIPTOR.fields:
+                setattr(total, descriptor.name, getattr(total, descriptor.name) + getattr(part, descriptor.name))
+        updated = [replace(r, frame=replace(r.frame, reason=reasons.get(r.text, r.frame.reason))) for r in results]
+        return updated, total
+
+    def _gated(self, segment: _Segment, choices: list[KeyFrameChoice], best: float, params: DetectParams
+               ) -> SegmentOutcome:
+        """Below the CLIP gate: no context, no LVLM call, every score 0."""
+        zero = StreamScore(0.0, "", True, "")
+        results = [TextResult(c.text, segment.start + c.representative,
+                              tuple(segment.start + k for k in c.key_frames), zero, zero, zero, 0.0)
+                   for c in choices]
+        return self._outcome(segment, results, lvlm_pb2.Usage(), params, best, gated=True)
+
+    @staticmethod
+    def _outcome(segment: _Segment, results: list[TextResult], usage: lvlm_pb2.Usage, params: DetectParams,
+                 best_similarity: float, gated: bool = False) -> SegmentOutcome:
         best_text = max_over_texts([r.fused for r in results])
         best_streams = max_then_fuse([(r.frame.score, r.position.score, r.temporal.score) for r in results],
                                      params.weights)
         return SegmentOutcome(
             segment.index, segment.start, segment.start + len(segment.frames), results, best_text, best_streams,
             best_streams if params.multi_text_fusion == "max_then_fuse" else best_text, usage,
+            gated=gated, best_similarity=best_similarity,
         )
 
     async def detect(self, source: FrameSource, texts: list[str], params: DetectParams) -> AsyncIterator[Update]:
@@ -214,12 +264,9 @@ class Detector:
         frame_scores[:scored] = smooth(frame_scores[:scored], params.sigma)
         usage = lvlm_pb2.Usage()
         for outcome in outcomes:
-            usage.calls += outcome.usage.calls
-            usage.prompt_tokens += outcome.usage.prompt_tokens
-            usage.completion_tokens += outcome.usage.completion_tokens
-            usage.images += outcome.usage.images
-            usage.queue_seconds += outcome.usage.queue_seconds
-            usage.engine_seconds += outcome.usage.engine_seconds
+            for descriptor in lvlm_pb2.Usage.DESCRIPTOR.fields:
+                name = descriptor.name
+                setattr(usage, name, getattr(usage, name) + getattr(outcome.usage, name))
         failures = sum(not s.parsed for o in outcomes for r in o.results for s in (r.frame, r.position, r.temporal))
         return Summary(
             num_frames=frames_read, fps=source.info.fps, frame_scores=[float(v) for v in frame_scores],
@@ -227,4 +274,5 @@ class Detector:
             profile=params.profile, preset=params.context_options.preset, strategy=params.strategy,
             weights=params.weights, sigma=params.sigma,
             timings=timings, clip_model=clip_info, lvlm_model=lvlm_info, lvlm_usage=usage, parse_failures=failures,
+            segments=len(outcomes), gated_segments=sum(o.gated for o in outcomes),
         )

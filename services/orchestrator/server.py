@@ -35,7 +35,8 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
     if isinstance(update, SegmentOutcome):
         return orchestrator_pb2.DetectUpdate(segment=orchestrator_pb2.SegmentResult(
             index=update.index, start_frame=update.start, end_frame=update.end, max_fused=update.max_fused,
-            max_then_fuse=update.max_then_fuse, score=update.score,
+            max_then_fuse=update.max_then_fuse, score=update.score, gated=update.gated,
+            best_similarity=update.best_similarity, lvlm_usage=update.usage,
             scores=[
                 orchestrator_pb2.TextSegmentScore(
                     text=r.text, frame=_stream(r.frame), position=_stream(r.position), temporal=_stream(r.temporal),
@@ -50,7 +51,8 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
         num_frames=update.num_frames, fps=update.fps, frame_scores=update.frame_scores,
         tail_policy=TAIL_VALUES[update.tail_policy], fusion_weights=list(update.weights), sigma=update.sigma,
         multi_text_fusion=FUSION_VALUES[update.multi_text_fusion], profile=PROFILE_VALUES[update.profile],
-        preset=update.preset, strategy=update.strategy,
+        preset=update.preset, strategy=update.strategy, segments=update.segments,
+        gated_segments=update.gated_segments,
         timings=orchestrator_pb2.Timings(total_seconds=t.total, decode_seconds=t.decode,
                                          key_frames_seconds=t.key_frames, contexts_seconds=t.contexts,
                                          scoring_seconds=t.scoring),

@@ -24,6 +24,18 @@ class KeyFrameChoice:
     text: str
     representative: int  # index within the segment
     key_frames: tuple[int, ...]  # 4 indices within the segment
+    more_texts: tuple[str, ...] = ()  # a joint choice shared by several texts
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return (self.text, *self.more_texts)
+
+
+@dataclass(frozen=True)
+class KeyFrames:
+    choices: list[KeyFrameChoice]  # one per text
+    joint: KeyFrameChoice | None  # one for all texts, when asked for
+    best_similarity: float
 
 
 @dataclass(frozen=True)
@@ -66,16 +78,22 @@ class ServiceClients:
 
     async def select_key_frames(
         self, frames: Sequence[bytes], texts: Sequence[str], strategy: common_pb2.KeyFrameStrategy.ValueType,
-        seed: int,
-    ) -> list[KeyFrameChoice]:
+        seed: int, joint: bool = False,
+    ) -> KeyFrames:
         request = clip_pb2.SelectKeyFramesRequest(
-            frames=[common_pb2.Image(data=f) for f in frames], texts=list(texts), strategy=strategy, seed=seed
+            frames=[common_pb2.Image(data=f) for f in frames], texts=list(texts), strategy=strategy, seed=seed,
+            joint=joint,
         )
         try:
             response = await self._clip.SelectKeyFrames(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise dependency_error("clip_service", error) from error
-        return [KeyFrameChoice(s.text, s.representative, tuple(s.key_frames)) for s in response.selections]
+        choices = [KeyFrameChoice(s.text, s.representative, tuple(s.key_frames)) for s in response.selections]
+        shared = None
+        if joint:
+            j = response.joint
+            shared = KeyFrameChoice(texts[0], j.representative, tuple(j.key_frames), tuple(texts[1:]))
+        return KeyFrames(choices, shared, response.best_similarity)
 
     async def build_contexts(
         self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], options: context_pb2.ContextOptions
@@ -88,7 +106,7 @@ class ServiceClients:
             queries=[
                 context_pb2.ContextQuery(
                     text=c.text, key_frames=[position[k] for k in c.key_frames],
-                    representative=position[c.representative],
+                    representative=position[c.representative], more_texts=list(c.more_texts),
                 )
                 for c in choices
             ],
@@ -100,33 +118,47 @@ class ServiceClients:
             raise dependency_error("context_service", error) from error
         return [TextContexts(c.position_context.data, c.temporal_context.data) for c in response.contexts]
 
+    async def _score(self, items: list[lvlm_pb2.ScoreItem], options: lvlm_pb2.ScoreOptions) -> lvlm_pb2.ScoreResponse:
+        try:
+            return await self._lvlm.Score(lvlm_pb2.ScoreRequest(items=items, options=options), timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("lvlm_service", error) from error
+
     async def score(
         self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], contexts: Sequence[TextContexts],
         options: lvlm_pb2.ScoreOptions,
-    ) -> tuple[list[dict[str, StreamScore]], lvlm_pb2.Usage]:
-        """All 3 images x k texts of a segment in one request. Texts that share their
-        representative frame share one FRAME item (the engine sees the image once)."""
+    ) -> tuple[dict[str, dict[str, StreamScore]], lvlm_pb2.Usage]:
+        """All images x texts of a segment in one request: {text: {stream: score}}. Texts that
+        share their representative frame share one FRAME item (the engine sees the image once);
+        a joint choice puts all its texts on each of its three images."""
         by_frame: dict[int, list[str]] = {}
         for choice in choices:
-            by_frame.setdefault(choice.representative, []).append(choice.text)
+            by_frame.setdefault(choice.representative, []).extend(choice.texts)
         items = [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=frames[index]), kind=lvlm_pb2.CONTEXT_KIND_FRAME,
                                     texts=texts) for index, texts in by_frame.items()]
         for choice, context in zip(choices, contexts, strict=True):
             items.append(lvlm_pb2.ScoreItem(image=common_pb2.Image(data=context.position),
-                                            kind=lvlm_pb2.CONTEXT_KIND_POSITION, texts=[choice.text]))
+                                            kind=lvlm_pb2.CONTEXT_KIND_POSITION, texts=choice.texts))
             items.append(lvlm_pb2.ScoreItem(image=common_pb2.Image(data=context.temporal),
-                                            kind=lvlm_pb2.CONTEXT_KIND_TEMPORAL, texts=[choice.text]))
-        try:
-            response = await self._lvlm.Score(lvlm_pb2.ScoreRequest(items=items, options=options),
-                                              timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("lvlm_service", error) from error
-        streams: dict[int, str] = {
-            lvlm_pb2.CONTEXT_KIND_FRAME: "frame", lvlm_pb2.CONTEXT_KIND_POSITION: "position",
-            lvlm_pb2.CONTEXT_KIND_TEMPORAL: "temporal",
-        }
-        per_text: dict[str, dict[str, StreamScore]] = {c.text: {} for c in choices}
+                                            kind=lvlm_pb2.CONTEXT_KIND_TEMPORAL, texts=choice.texts))
+        response = await self._score(items, options)
+        per_text: dict[str, dict[str, StreamScore]] = {t: {} for c in choices for t in c.texts}
         for item in response.items:
             for s in item.scores:
-                per_text[s.text][streams[item.kind]] = StreamScore(s.score, s.reason, s.parsed, s.error)
-        return [per_text[c.text] for c in choices], response.usage
+                per_text[s.text][STREAMS[item.kind]] = StreamScore(s.score, s.reason, s.parsed, s.error)
+        return per_text, response.usage
+
+    async def reasons(
+        self, frames: Sequence[bytes], choices: Sequence[tuple[str, int]], options: lvlm_pb2.ScoreOptions
+    ) -> tuple[dict[str, str], lvlm_pb2.Usage]:
+        """The key-frame reason of each (text, representative frame): one standard-mode call each."""
+        items = [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=frames[index]), kind=lvlm_pb2.CONTEXT_KIND_FRAME,
+                                    texts=[text]) for text, index in choices]
+        response = await self._score(items, options)
+        return {s.text: s.reason for item in response.items for s in item.scores}, response.usage
+
+
+STREAMS = {
+    lvlm_pb2.CONTEXT_KIND_FRAME: "frame", lvlm_pb2.CONTEXT_KIND_POSITION: "position",
+    lvlm_pb2.CONTEXT_KIND_TEMPORAL: "temporal",
+}

@@ -95,12 +95,17 @@ async def test_select_key_frames_uses_one_image_pass_for_all_texts(tiny_settings
     rng = np.random.default_rng(2)
     frames = [encode_png(rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)) for _ in range(24)]
     before = engine.model.images_encoded
-    selections = await engine.select_key_frames(frames, ["running", "bicycle", "car"])
+    result = await engine.select_key_frames(frames, ["running", "bicycle", "car"], joint=True)
     assert engine.model.images_encoded - before == 24
-    for selection in selections:
+    for selection in [*result.selections, result.joint]:
+        assert selection is not None
         best = int(np.argmax(selection.similarities))
         assert selection.representative == best
         assert selection.key_frames == tuple(best % 6 + 6 * j for j in range(4))
+    stacked = np.stack([s.similarities for s in result.selections])
+    assert result.joint is not None and result.joint.text == ""
+    np.testing.assert_allclose(result.joint.similarities, stacked.max(axis=0))  # each frame's best text
+    assert result.best_similarity == pytest.approx(float(stacked.max()))
     await engine.close()
 
 

@@ -253,11 +253,16 @@ class SelectKeyFramesRequest(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     PREPROCESS_FIELD_NUMBER: _builtins.int
+    JOINT_FIELD_NUMBER: _builtins.int
     strategy: _common_pb2.KeyFrameStrategy.ValueType
     seed: _builtins.int
     """for KEY_FRAME_STRATEGY_RANDOM"""
     preprocess: Global___Preprocess.ValueType
     """default CENTER_CROP, as the reference"""
+    joint: _builtins.bool
+    """Also select one set of key frames for all texts together, from each frame's best
+    similarity over the texts (for scoring all texts on shared images).
+    """
     @_builtins.property
     def frames(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]:
         """the N frames of one segment, in time order (N >= 4)"""
@@ -274,10 +279,11 @@ class SelectKeyFramesRequest(_message.Message):
         strategy: _common_pb2.KeyFrameStrategy.ValueType = ...,
         seed: _builtins.int = ...,
         preprocess: Global___Preprocess.ValueType = ...,
+        joint: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames", b"frames", "preprocess", b"preprocess", "seed", b"seed", "strategy", b"strategy", "texts", b"texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames", b"frames", "joint", b"joint", "preprocess", b"preprocess", "seed", b"seed", "strategy", b"strategy", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,18 +329,28 @@ class SelectKeyFramesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SELECTIONS_FIELD_NUMBER: _builtins.int
+    JOINT_FIELD_NUMBER: _builtins.int
+    BEST_SIMILARITY_FIELD_NUMBER: _builtins.int
+    best_similarity: _builtins.float
+    """the highest frame-text similarity of the segment"""
     @_builtins.property
     def selections(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyFrameSelection]:
         """one per text, in request order"""
+
+    @_builtins.property
+    def joint(self) -> Global___KeyFrameSelection:
+        """with `joint`: text "", similarities = max over texts"""
 
     def __init__(
         self,
         *,
         selections: _abc.Iterable[Global___KeyFrameSelection] | None = ...,
+        joint: Global___KeyFrameSelection | None = ...,
+        best_similarity: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["joint", b"joint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["selections", b"selections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_similarity", b"best_similarity", "joint", b"joint", "selections", b"selections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,6 +64,7 @@ class ContextQuery(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     KEY_FRAMES_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_FIELD_NUMBER: _builtins.int
+    MORE_TEXTS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     representative: _builtins.int
     """index into BuildContextsRequest.frames"""
@@ -71,16 +72,23 @@ class ContextQuery(_message.Message):
     def key_frames(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """4 indices into BuildContextsRequest.frames, time order"""
 
+    @_builtins.property
+    def more_texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """More texts for one joint context: the attention map is the max over all the texts'
+        maps and the grid position the best over all of them.
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         key_frames: _abc.Iterable[_builtins.int] | None = ...,
         representative: _builtins.int = ...,
+        more_texts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_frames", b"key_frames", "representative", b"representative", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_frames", b"key_frames", "more_texts", b"more_texts", "representative", b"representative", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,31 +25,33 @@ _sym_db = _symbol_database.Default()
 from anyanomaly.v1 import common_pb2 as anyanomaly_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61nyanomaly/v1/lvlm.proto\x12\ranyanomaly.v1\x1a\x1a\x61nyanomaly/v1/common.proto\"i\n\tScoreItem\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.anyanomaly.v1.Image\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.anyanomaly.v1.ContextKind\x12\r\n\x05texts\x18\x03 \x03(\t\"\x8b\x02\n\x0cScoreOptions\x12\'\n\x07profile\x18\x01 \x01(\x0e\x32\x16.anyanomaly.v1.Profile\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12*\n\x06parser\x18\x03 \x01(\x0e\x32\x1a.anyanomaly.v1.ScoreParser\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x14\n\x0coutput_label\x18\x05 \x01(\t\x12\x1b\n\x0eretry_unparsed\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\"\n\x15reference_prompt_typo\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x11\n\x0f_retry_unparsedB\x18\n\x16_reference_prompt_typo\"}\n\tTextScore\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nraw_answer\x18\x04 \x01(\t\x12\x0e\n\x06parsed\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\"`\n\nItemScores\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.anyanomaly.v1.ContextKind\x12(\n\x06scores\x18\x02 \x03(\x0b\x32\x18.anyanomaly.v1.TextScore\"\x87\x01\n\x05Usage\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x05\x12\x15\n\rqueue_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x65ngine_seconds\x18\x06 \x01(\x01\"e\n\x0cScoreRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.anyanomaly.v1.ScoreItem\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.anyanomaly.v1.ScoreOptions\"^\n\rScoreResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.anyanomaly.v1.ItemScores\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.anyanomaly.v1.Usage*y\n\x0b\x43ontextKind\x12\x1c\n\x18\x43ONTEXT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONTEXT_KIND_FRAME\x10\x01\x12\x19\n\x15\x43ONTEXT_KIND_POSITION\x10\x02\x12\x19\n\x15\x43ONTEXT_KIND_TEMPORAL\x10\x03*c\n\x0bScoreParser\x12\x1c\n\x18SCORE_PARSER_UNSPECIFIED\x10\x00\x12\x17\n\x13SCORE_PARSER_ROBUST\x10\x01\x12\x1d\n\x19SCORE_PARSER_FIRST_NUMBER\x10\x02\x32\x9f\x01\n\x0bLvlmService\x12\x42\n\x05Score\x12\x1b.anyanomaly.v1.ScoreRequest\x1a\x1c.anyanomaly.v1.ScoreResponse\x12L\n\x0cGetModelInfo\x12\".anyanomaly.v1.GetModelInfoRequest\x1a\x18.anyanomaly.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61nyanomaly/v1/lvlm.proto\x12\ranyanomaly.v1\x1a\x1a\x61nyanomaly/v1/common.proto\"i\n\tScoreItem\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.anyanomaly.v1.Image\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.anyanomaly.v1.ContextKind\x12\r\n\x05texts\x18\x03 \x03(\t\"\xfd\x02\n\x0cScoreOptions\x12\'\n\x07profile\x18\x01 \x01(\x0e\x32\x16.anyanomaly.v1.Profile\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12*\n\x06parser\x18\x03 \x01(\x0e\x32\x1a.anyanomaly.v1.ScoreParser\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x14\n\x0coutput_label\x18\x05 \x01(\t\x12\x1b\n\x0eretry_unparsed\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\"\n\x15reference_prompt_typo\x18\x07 \x01(\x08H\x01\x88\x01\x01\x12\x1e\n\x11structured_output\x18\x08 \x01(\x08H\x02\x88\x01\x01\x12&\n\x04mode\x18\t \x01(\x0e\x32\x18.anyanomaly.v1.ScoreMode\x12\x12\n\nmulti_text\x18\n \x01(\x08\x42\x11\n\x0f_retry_unparsedB\x18\n\x16_reference_prompt_typoB\x14\n\x12_structured_output\"}\n\tTextScore\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nraw_answer\x18\x04 \x01(\t\x12\x0e\n\x06parsed\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\"`\n\nItemScores\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.anyanomaly.v1.ContextKind\x12(\n\x06scores\x18\x02 \x03(\x0b\x32\x18.anyanomaly.v1.TextScore\"\xaa\x01\n\x05Usage\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x05\x12\x15\n\rqueue_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x65ngine_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07retries\x18\x07 \x01(\x05\x12\x10\n\x08\x66\x61ilures\x18\x08 \x01(\x05\"e\n\x0cScoreRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.anyanomaly.v1.ScoreItem\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.anyanomaly.v1.ScoreOptions\"^\n\rScoreResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.anyanomaly.v1.ItemScores\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.anyanomaly.v1.Usage*y\n\x0b\x43ontextKind\x12\x1c\n\x18\x43ONTEXT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONTEXT_KIND_FRAME\x10\x01\x12\x19\n\x15\x43ONTEXT_KIND_POSITION\x10\x02\x12\x19\n\x15\x43ONTEXT_KIND_TEMPORAL\x10\x03*c\n\x0bScoreParser\x12\x1c\n\x18SCORE_PARSER_UNSPECIFIED\x10\x00\x12\x17\n\x13SCORE_PARSER_ROBUST\x10\x01\x12\x1d\n\x19SCORE_PARSER_FIRST_NUMBER\x10\x02*r\n\tScoreMode\x12\x1a\n\x16SCORE_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13SCORE_MODE_STANDARD\x10\x01\x12\x13\n\x0fSCORE_MODE_FAST\x10\x02\x12\x1b\n\x17SCORE_MODE_REASON_FIRST\x10\x03\x32\x9f\x01\n\x0bLvlmService\x12\x42\n\x05Score\x12\x1b.anyanomaly.v1.ScoreRequest\x1a\x1c.anyanomaly.v1.ScoreResponse\x12L\n\x0cGetModelInfo\x12\".anyanomaly.v1.GetModelInfoRequest\x1a\x18.anyanomaly.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'anyanomaly.v1.lvlm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTEXTKIND']._serialized_start=1010
-  _globals['_CONTEXTKIND']._serialized_end=1131
-  _globals['_SCOREPARSER']._serialized_start=1133
-  _globals['_SCOREPARSER']._serialized_end=1232
+  _globals['_CONTEXTKIND']._serialized_start=1159
+  _globals['_CONTEXTKIND']._serialized_end=1280
+  _globals['_SCOREPARSER']._serialized_start=1282
+  _globals['_SCOREPARSER']._serialized_end=1381
+  _globals['_SCOREMODE']._serialized_start=1383
+  _globals['_SCOREMODE']._serialized_end=1497
   _globals['_SCOREITEM']._serialized_start=71
   _globals['_SCOREITEM']._serialized_end=176
   _globals['_SCOREOPTIONS']._serialized_start=179
-  _globals['_SCOREOPTIONS']._serialized_end=446
-  _globals['_TEXTSCORE']._serialized_start=448
-  _globals['_TEXTSCORE']._serialized_end=573
-  _globals['_ITEMSCORES']._serialized_start=575
-  _globals['_ITEMSCORES']._serialized_end=671
-  _globals['_USAGE']._serialized_start=674
-  _globals['_USAGE']._serialized_end=809
-  _globals['_SCOREREQUEST']._serialized_start=811
-  _globals['_SCOREREQUEST']._serialized_end=912
-  _globals['_SCORERESPONSE']._serialized_start=914
-  _globals['_SCORERESPONSE']._serialized_end=1008
-  _globals['_LVLMSERVICE']._serialized_start=1235
-  _globals['_LVLMSERVICE']._serialized_end=1394
+  _globals['_SCOREOPTIONS']._serialized_end=560
+  _globals['_TEXTSCORE']._serialized_start=562
+  _globals['_TEXTSCORE']._serialized_end=687
+  _globals['_ITEMSCORES']._serialized_start=689
+  _globals['_ITEMSCORES']._serialized_end=785
+  _globals['_USAGE']._serialized_start=788
+  _globals['_USAGE']._serialized_end=958
+  _globals['_SCOREREQUEST']._serialized_start=960
+  _globals['_SCOREREQUEST']._serialized_end=1061
+  _globals['_SCORERESPONSE']._serialized_start=1063
+  _globals['_SCORERESPONSE']._serialized_end=1157
+  _globals['_LVLMSERVICE']._serialized_start=1500
+  _globals['_LVLMSERVICE']._serialized_end=1659
 # @@protoc_insertion_point(module_scope)

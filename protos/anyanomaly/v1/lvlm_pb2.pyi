@@ -71,6 +71,38 @@ SCORE_PARSER_FIRST_NUMBER: ScoreParser.ValueType  # 2
 """The reference: first number anywhere in the answer, 0.0 when there is none."""
 Global___ScoreParser: _TypeAlias = ScoreParser  # noqa: Y015
 
+class _ScoreMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScoreModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScoreMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCORE_MODE_UNSPECIFIED: _ScoreMode.ValueType  # 0
+    """same as STANDARD"""
+    SCORE_MODE_STANDARD: _ScoreMode.ValueType  # 1
+    """The paper's prompt: the score with one decimal, then a one-sentence reason."""
+    SCORE_MODE_FAST: _ScoreMode.ValueType  # 2
+    """The score is the expected value over 0.0..1.0 read from the log-probabilities of the first
+    answer tokens; a handful of output tokens, no reason.
+    """
+    SCORE_MODE_REASON_FIRST: _ScoreMode.ValueType  # 3
+    """The reason first, then the score (for accuracy over speed)."""
+
+class ScoreMode(_ScoreMode, metaclass=_ScoreModeEnumTypeWrapper):
+    """How an answer is produced and read."""
+
+SCORE_MODE_UNSPECIFIED: ScoreMode.ValueType  # 0
+"""same as STANDARD"""
+SCORE_MODE_STANDARD: ScoreMode.ValueType  # 1
+"""The paper's prompt: the score with one decimal, then a one-sentence reason."""
+SCORE_MODE_FAST: ScoreMode.ValueType  # 2
+"""The score is the expected value over 0.0..1.0 read from the log-probabilities of the first
+answer tokens; a handful of output tokens, no reason.
+"""
+SCORE_MODE_REASON_FIRST: ScoreMode.ValueType  # 3
+"""The reason first, then the score (for accuracy over speed)."""
+Global___ScoreMode: _TypeAlias = ScoreMode  # noqa: Y015
+
 @_typing.final
 class ScoreItem(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -111,6 +143,9 @@ class ScoreOptions(_message.Message):
     OUTPUT_LABEL_FIELD_NUMBER: _builtins.int
     RETRY_UNPARSED_FIELD_NUMBER: _builtins.int
     REFERENCE_PROMPT_TYPO_FIELD_NUMBER: _builtins.int
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    MULTI_TEXT_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     preset: _builtins.str
     """The dataset preset ("shtech", "avenue", "custom"); in parity it picks the
@@ -127,6 +162,13 @@ class ScoreOptions(_message.Message):
     """ask once more when an answer has no score (true / false)"""
     reference_prompt_typo: _builtins.bool
     """P* without the space after "0 to 1." (false / true)"""
+    structured_output: _builtins.bool
+    """answers constrained to a JSON schema where the engine can (true / false)"""
+    mode: Global___ScoreMode.ValueType
+    multi_text: _builtins.bool
+    """One call per image scores all of that image's texts (a JSON object keyed by text)
+    instead of one call per (image, text).
+    """
     def __init__(
         self,
         *,
@@ -137,19 +179,26 @@ class ScoreOptions(_message.Message):
         output_label: _builtins.str = ...,
         retry_unparsed: _builtins.bool | None = ...,
         reference_prompt_typo: _builtins.bool | None = ...,
+        structured_output: _builtins.bool | None = ...,
+        mode: Global___ScoreMode.ValueType = ...,
+        multi_text: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_reference_prompt_typo", b"_reference_prompt_typo", "_retry_unparsed", b"_retry_unparsed", "reference_prompt_typo", b"reference_prompt_typo", "retry_unparsed", b"retry_unparsed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reference_prompt_typo", b"_reference_prompt_typo", "_retry_unparsed", b"_retry_unparsed", "_structured_output", b"_structured_output", "reference_prompt_typo", b"reference_prompt_typo", "retry_unparsed", b"retry_unparsed", "structured_output", b"structured_output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reference_prompt_typo", b"_reference_prompt_typo", "_retry_unparsed", b"_retry_unparsed", "max_tokens", b"max_tokens", "output_label", b"output_label", "parser", b"parser", "preset", b"preset", "profile", b"profile", "reference_prompt_typo", b"reference_prompt_typo", "retry_unparsed", b"retry_unparsed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reference_prompt_typo", b"_reference_prompt_typo", "_retry_unparsed", b"_retry_unparsed", "_structured_output", b"_structured_output", "max_tokens", b"max_tokens", "mode", b"mode", "multi_text", b"multi_text", "output_label", b"output_label", "parser", b"parser", "preset", b"preset", "profile", b"profile", "reference_prompt_typo", b"reference_prompt_typo", "retry_unparsed", b"retry_unparsed", "structured_output", b"structured_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__reference_prompt_typo: _TypeAlias = _typing.Literal["reference_prompt_typo"]  # noqa: Y015
     _WhichOneofArgType__reference_prompt_typo: _TypeAlias = _typing.Literal["_reference_prompt_typo", b"_reference_prompt_typo"]  # noqa: Y015
     _WhichOneofReturnType__retry_unparsed: _TypeAlias = _typing.Literal["retry_unparsed"]  # noqa: Y015
     _WhichOneofArgType__retry_unparsed: _TypeAlias = _typing.Literal["_retry_unparsed", b"_retry_unparsed"]  # noqa: Y015
+    _WhichOneofReturnType__structured_output: _TypeAlias = _typing.Literal["structured_output"]  # noqa: Y015
+    _WhichOneofArgType__structured_output: _TypeAlias = _typing.Literal["_structured_output", b"_structured_output"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reference_prompt_typo) -> _WhichOneofReturnType__reference_prompt_typo | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_unparsed) -> _WhichOneofReturnType__retry_unparsed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__structured_output) -> _WhichOneofReturnType__structured_output | None: ...
 
 Global___ScoreOptions: _TypeAlias = ScoreOptions  # noqa: Y015
 
@@ -233,12 +282,18 @@ class Usage(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     QUEUE_SECONDS_FIELD_NUMBER: _builtins.int
     ENGINE_SECONDS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
     calls: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     images: _builtins.int
     queue_seconds: _builtins.float
     engine_seconds: _builtins.float
+    retries: _builtins.int
+    """calls repeated after an unreadable answer or a transient engine error"""
+    failures: _builtins.int
+    """pairs left without a score"""
     def __init__(
         self,
         *,
@@ -248,10 +303,12 @@ class Usage(_message.Message):
         images: _builtins.int = ...,
         queue_seconds: _builtins.float = ...,
         engine_seconds: _builtins.float = ...,
+        retries: _builtins.int = ...,
+        failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "completion_tokens", b"completion_tokens", "engine_seconds", b"engine_seconds", "images", b"images", "prompt_tokens", b"prompt_tokens", "queue_seconds", b"queue_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "completion_tokens", b"completion_tokens", "engine_seconds", b"engine_seconds", "failures", b"failures", "images", b"images", "prompt_tokens", b"prompt_tokens", "queue_seconds", b"queue_seconds", "retries", b"retries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

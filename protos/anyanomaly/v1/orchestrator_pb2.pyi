@@ -121,6 +121,9 @@ class DetectOptions(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     SCORING_FIELD_NUMBER: _builtins.int
     MULTI_TEXT_FUSION_FIELD_NUMBER: _builtins.int
+    MULTI_TEXT_FIELD_NUMBER: _builtins.int
+    REASON_THRESHOLD_FIELD_NUMBER: _builtins.int
+    GATE_THRESHOLD_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     segment_length: _builtins.int
     """N, 0: 24"""
@@ -135,6 +138,18 @@ class DetectOptions(_message.Message):
     max_segments_in_flight: _builtins.int
     """0: the service default"""
     multi_text_fusion: Global___MultiTextFusion.ValueType
+    multi_text: _builtins.bool
+    """Score all texts on one shared key frame, position context and temporal context per
+    segment: 3 LVLM calls per segment instead of 3 per text.
+    """
+    reason_threshold: _builtins.float
+    """With SCORE_MODE_FAST: ask for the reasons (standard prompt, key frame) of the texts
+    whose fused score reaches this value. Unset: no reasons.
+    """
+    gate_threshold: _builtins.float
+    """Skip contexts and the LVLM for segments whose best CLIP frame-text similarity is below
+    this (their scores are 0). Unset: off.
+    """
     @_builtins.property
     def fusion_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """g1, g2, g3 for frame, position, temporal; empty: 0.6, 0.3, 0.1"""
@@ -162,13 +177,25 @@ class DetectOptions(_message.Message):
         context: _context_pb2.ContextOptions | None = ...,
         scoring: _lvlm_pb2.ScoreOptions | None = ...,
         multi_text_fusion: Global___MultiTextFusion.ValueType = ...,
+        multi_text: _builtins.bool = ...,
+        reason_threshold: _builtins.float | None = ...,
+        gate_threshold: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_sigma", b"_sigma", "context", b"context", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "context", b"context", "gate_threshold", b"gate_threshold", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sigma", b"_sigma", "context", b"context", "fusion_weights", b"fusion_weights", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "scoring", b"scoring", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gate_threshold: _TypeAlias = _typing.Literal["gate_threshold"]  # noqa: Y015
+    _WhichOneofArgType__gate_threshold: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__reason_threshold: _TypeAlias = _typing.Literal["reason_threshold"]  # noqa: Y015
+    _WhichOneofArgType__reason_threshold: _TypeAlias = _typing.Literal["_reason_threshold", b"_reason_threshold"]  # noqa: Y015
     _WhichOneofReturnType__sigma: _TypeAlias = _typing.Literal["sigma"]  # noqa: Y015
     _WhichOneofArgType__sigma: _TypeAlias = _typing.Literal["_sigma", b"_sigma"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_threshold) -> _WhichOneofReturnType__gate_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reason_threshold) -> _WhichOneofReturnType__reason_threshold | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__sigma) -> _WhichOneofReturnType__sigma | None: ...
 
 Global___DetectOptions: _TypeAlias = DetectOptions  # noqa: Y015
@@ -320,6 +347,9 @@ class SegmentResult(_message.Message):
     MAX_FUSED_FIELD_NUMBER: _builtins.int
     MAX_THEN_FUSE_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    GATED_FIELD_NUMBER: _builtins.int
+    BEST_SIMILARITY_FIELD_NUMBER: _builtins.int
+    LVLM_USAGE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     start_frame: _builtins.int
     """inclusive"""
@@ -331,8 +361,16 @@ class SegmentResult(_message.Message):
     """max then fuse: g1*max(frame) + g2*max(position) + g3*max(temporal)"""
     score: _builtins.float
     """the segment score under the request's rule (one of the two above)"""
+    gated: _builtins.bool
+    """skipped by the CLIP gate: no LVLM call, scores 0"""
+    best_similarity: _builtins.float
+    """the best CLIP frame-text similarity (what the gate compares)"""
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextSegmentScore]: ...
+    @_builtins.property
+    def lvlm_usage(self) -> _lvlm_pb2.Usage:
+        """LVLM calls, tokens and time for this segment"""
+
     def __init__(
         self,
         *,
@@ -343,10 +381,13 @@ class SegmentResult(_message.Message):
         max_fused: _builtins.float = ...,
         max_then_fuse: _builtins.float = ...,
         score: _builtins.float = ...,
+        gated: _builtins.bool = ...,
+        best_similarity: _builtins.float = ...,
+        lvlm_usage: _lvlm_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lvlm_usage", b"lvlm_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_frame", b"end_frame", "index", b"index", "max_fused", b"max_fused", "max_then_fuse", b"max_then_fuse", "score", b"score", "scores", b"scores", "start_frame", b"start_frame"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_similarity", b"best_similarity", "end_frame", b"end_frame", "gated", b"gated", "index", b"index", "lvlm_usage", b"lvlm_usage", "max_fused", b"max_fused", "max_then_fuse", b"max_then_fuse", "score", b"score", "scores", b"scores", "start_frame", b"start_frame"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,6 +444,8 @@ class Summary(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     PRESET_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
+    GATED_SEGMENTS_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
     num_frames: _builtins.int
     fps: _builtins.float
     tail_policy: Global___TailPolicy.ValueType
@@ -417,6 +460,10 @@ class Summary(_message.Message):
     preset: _builtins.str
     """the dataset preset it ran with"""
     strategy: _common_pb2.KeyFrameStrategy.ValueType
+    gated_segments: _builtins.int
+    """segments the CLIP gate kept from the LVLM"""
+    segments: _builtins.int
+    """segments scored or gated"""
     @_builtins.property
     def frame_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """one per frame, smoothed; frames without a score are 0"""
@@ -452,10 +499,12 @@ class Summary(_message.Message):
         profile: _common_pb2.Profile.ValueType = ...,
         preset: _builtins.str = ...,
         strategy: _common_pb2.KeyFrameStrategy.ValueType = ...,
+        gated_segments: _builtins.int = ...,
+        segments: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "fps", b"fps", "frame_scores", b"frame_scores", "fusion_weights", b"fusion_weights", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "multi_text_fusion", b"multi_text_fusion", "num_frames", b"num_frames", "parse_failures", b"parse_failures", "preset", b"preset", "profile", b"profile", "scored_frames", b"scored_frames", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "fps", b"fps", "frame_scores", b"frame_scores", "fusion_weights", b"fusion_weights", "gated_segments", b"gated_segments", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "multi_text_fusion", b"multi_text_fusion", "num_frames", b"num_frames", "parse_failures", b"parse_failures", "preset", b"preset", "profile", b"profile", "scored_frames", b"scored_frames", "segments", b"segments", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

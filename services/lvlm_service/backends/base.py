@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -12,6 +12,8 @@ class Prompt:
     image: bytes  # PNG or JPEG; sent before the text so engines can reuse it across texts
     text: str
     max_tokens: int
+    json_schema: dict[str, Any] | None = None  # constrain the answer where the engine can
+    top_logprobs: int = 0  # > 0: return this many candidates (with log-probabilities) per answer token
 
 
 @dataclass
@@ -22,6 +24,11 @@ class Completion:
     queue_seconds: float = 0.0  # waiting for a slot (concurrency limit or the worker thread)
     engine_seconds: float = 0.0  # inside the engine
     error: str = ""  # non-empty when this call failed (timeout, HTTP error, malformed reply)
+    finish_reason: str = ""  # "stop", "length" (cut at max_tokens), ...
+    refusal: str = ""  # the engine's refusal message, when it reports one
+    tokens: list[str] = field(default_factory=list)  # the answer's tokens (with top_logprobs)
+    top_logprobs: list[list[tuple[str, float]]] = field(default_factory=list)  # candidates per answer token
+    retries: int = 0  # transient engine errors retried inside the backend
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class Backend(Protocol):
     async def complete(self, prompts: Sequence[Prompt]) -> list[Completion]:
         """Answer all prompts (concurrently or batched); one Completion per prompt, in order.
         A failed call is a Completion with `error` set; an unreachable engine raises
-        DependencyUnavailable."""
+        DependencyUnavailable; a full queue raises Overloaded."""
 
     async def close(self) -> None: ...
 

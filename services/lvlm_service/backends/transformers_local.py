@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import io
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from services.lvlm_service.backends.base import BackendInfo, Completion, Prompt
 from services.lvlm_service.backends.tiny_vlm import TINY_VLM_NAME, build_tiny_vlm
 
 log = logging.getLogger("anyanomaly.lvlm.transformers")
+_NUMERIC = re.compile(r"^(?:\d|\.\d)[\d.]*$")
 
 
 class TransformersBackend:
@@ -44,6 +46,7 @@ class TransformersBackend:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lvlm-model")
         self._model: Any = None
         self._processor: Any = None
+        self._numeric_ids: list[int] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,30 +102,56 @@ class TransformersBackend:
                                                      {"type": "text", "text": prompt.text}]})
         return messages
 
+    def _numeric_token_ids(self) -> list[int]:
+        """Ids of the tokens that read as (the start of) a score: "0", "1", ".5", "0.7", ..."""
+        if self._numeric_ids is None:
+            tokenizer = self._processor.tokenizer
+            self._numeric_ids = [i for i in range(len(tokenizer))
+                                 if _NUMERIC.match(tokenizer.decode([i]).strip() or "x")]
+        return self._numeric_ids
+
+    def _candidates(self, logits: torch.Tensor, count: int) -> list[tuple[str, float]]:
+        """The top `count` tokens plus every numeric token, with log-probabilities."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        ids = set(torch.topk(logprobs, min(count, logprobs.numel())).indices.tolist())
+        ids.update(self._numeric_token_ids())
+        decode = self._processor.tokenizer.decode
+        return sorted(((decode([i]), float(logprobs[i])) for i in ids), key=lambda c: -c[1])
+
     def _generate(self, prompts: list[Prompt], queued: float) -> list[Completion]:
         started = time.perf_counter()
         inputs = self._processor.apply_chat_template(
             [self._conversation(p) for p in prompts], add_generation_prompt=True, tokenize=True,
             return_dict=True, return_tensors="pt", processor_kwargs={"padding": True},
         ).to(self._device)
+        max_tokens = max(p.max_tokens for p in prompts)
+        want_logprobs = max(p.top_logprobs for p in prompts)
         with torch.inference_mode():
             output = self._model.generate(
-                **inputs, max_new_tokens=max(p.max_tokens for p in prompts), do_sample=False,
+                **inputs, max_new_tokens=max_tokens, do_sample=False,
+                output_scores=bool(want_logprobs), return_dict_in_generate=True,
             )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
         texts = self._processor.batch_decode(new_tokens, skip_special_tokens=True)
         eos = self._model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos])
         pad = self._processor.tokenizer.pad_token_id
         elapsed = time.perf_counter() - started
         completions = []
-        for row, text in enumerate(texts):
-            generated = [t for t in new_tokens[row].tolist() if t not in eos_ids and t != pad]
-            completions.append(Completion(
+        for row, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+            ids = new_tokens[row].tolist()
+            generated = [t for t in ids if t not in eos_ids and t != pad]
+            completion = Completion(
                 text=text.strip(),
                 prompt_tokens=int(inputs["attention_mask"][row].sum()),
                 completion_tokens=len(generated),
                 queue_seconds=started - queued,
                 engine_seconds=elapsed / len(prompts),
-            ))
+                finish_reason="stop" if len(generated) < len(ids) or len(ids) < max_tokens else "length",
+            )
+            if prompt.top_logprobs:
+                for step, token in enumerate(generated):
+                    completion.tokens.append(self._processor.tokenizer.decode([token]))
+                    completion.top_logprobs.append(self._candidates(output.scores[step][row], prompt.top_logprobs))
+            completions.append(completion)
         return completions
