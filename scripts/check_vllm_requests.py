@@ -1,6 +1,7 @@
 """Check, with the real vLLM installed (no GPU needed), that every chat-completions request the
 lvlm_service `openai` backend builds validates as vLLM's ChatCompletionRequest and maps to the
-intended SamplingParams (temperature 0, max tokens, structured outputs, logprobs).
+intended SamplingParams (temperature 0, max tokens, structured outputs, logprobs), and that
+the `vllm serve` command line of every model preset parses with vLLM's own CLI parser.
 
     pip install 'vllm==0.33.*' && python scripts/check_vllm_requests.py
 """
@@ -42,5 +43,22 @@ def main() -> None:
             print(f"ok  {name:15} {field:7} structured={constrained} logprobs={params.logprobs}")
 
 
+def check_serve_commands() -> None:
+    import vllm.config.device as device
+    from vllm.entrypoints.common.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from services.lvlm_service.presets import PRESETS
+
+    device.DeviceConfig.__post_init__ = lambda self: None  # no GPU here: skip device detection
+    for preset in PRESETS.values():
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(preset.serve_args()[2:])
+        assert args.model_tag == preset.model and args.max_model_len == preset.max_model_len
+        assert args.limit_mm_per_prompt == {"image": 1, "video": 0} and args.max_logprobs == 20
+        assert args.trust_remote_code == preset.trust_remote_code
+        print(f"ok  vllm serve flags of {preset.model}")
+
+
 if __name__ == "__main__":
     main()
+    check_serve_commands()

@@ -87,12 +87,13 @@ class Stack:
             await server.shutdown(1.0)
 
 
-async def start_stack(**orchestrator_overrides: object) -> Stack:
+async def start_stack(lvlm: LvlmSettings | None = None, **orchestrator_overrides: object) -> Stack:
     clip, _ = await start_clip()
     context = await start_context(clip.address)
-    lvlm = await start_lvlm()
-    orchestrator = await start_orchestrator(clip.address, context.address, lvlm.address, **orchestrator_overrides)
-    return Stack(clip, context, lvlm, orchestrator)
+    lvlm_server = await start_lvlm(lvlm)
+    orchestrator = await start_orchestrator(clip.address, context.address, lvlm_server.address,
+                                            **orchestrator_overrides)
+    return Stack(clip, context, lvlm_server, orchestrator)
 
 
 @pytest_asyncio.fixture

@@ -20,8 +20,9 @@ class LvlmSettings(ServerSettings):
     backend: str = setting(
         "transformers",
         "'openai': an OpenAI-compatible chat-completions server such as `vllm serve`; "
-        "'transformers': a local Hugging Face vision-language model",
-        choices=("openai", "transformers"),
+        "'transformers': a local Hugging Face vision-language model; "
+        "'vllm': vLLM's engine in this process (GPU; pip install .[vllm])",
+        choices=("openai", "transformers", "vllm"),
     )
     models: str = setting(
         "default",
@@ -30,6 +31,9 @@ class LvlmSettings(ServerSettings):
         choices=("default", "tiny"),
     )
     model: str = setting(DEFAULT_LOCAL_MODEL, "transformers backend: Hugging Face model id or local folder")
+    vllm_model: str = setting("Qwen/Qwen2.5-VL-7B-Instruct", "vllm backend: the model (a preset, see "
+                              "`python -m services.lvlm_service.presets`, or any model vLLM serves)")
+    gpu_memory_utilization: float = setting(0.9, "vllm backend: share of the GPU memory vLLM may take")
     cache_dir: str = setting("", "transformers backend: Hugging Face cache folder (default: the library's own)")
     offline: bool = setting(False, "transformers backend: never download; fail fast when the model is not cached")
     device: str = setting("auto", "transformers backend: auto (CUDA when present), cpu, cuda",

@@ -234,14 +234,21 @@ class LvlmEngine:
         await self._run(calls, params, result)
         # Answers without a score get one more try with a stricter instruction (a cut answer
         # gets twice the tokens). Not in parity: the reference never retries.
-        again = [c for c in calls if c.failed() and not c.completion.error and params.retries]
+        cut = params.mode is not Mode.FAST  # fast answers are cut on purpose after the number
+        again = [c for c in calls if (c.failed() or (cut and c.completion.finish_reason == "length"))
+                 and not c.completion.error and params.retries]
         if again:
+            first = {id(c): dict(c.outcome) for c in again}
             for call in again:
                 longer = call.prompt.max_tokens * (2 if call.completion.finish_reason == "length" else 1)
                 call.prompt = Prompt(call.prompt.image, call.prompt.text + RETRY_SUFFIX, longer,
                                      call.prompt.json_schema, call.prompt.top_logprobs)
             await self._run(again, params, result)
             result.usage.retries += len(again)
+            for call in again:  # a score the first answer did give stands when the retry gives none
+                for text, outcome in first[id(call)].items():
+                    if outcome.parsed and not call.outcome[text].parsed:
+                        call.outcome[text] = outcome
         per_item: list[dict[str, PairScore]] = [{} for _ in items]
         for call in calls:
             for text in call.texts:

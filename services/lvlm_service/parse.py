@@ -21,7 +21,7 @@ SCORE_FIELD = re.compile(rf"score\**\s*(?:is|of|[:=])?\s*\**\s*({_NUMBER}){_SCAL
 ANY_NUMBER = re.compile(rf"(?<![\w.])({_NUMBER}){_SCALE}")
 LIST_MARKER = re.compile(r"^\s*\d+\.\s", re.MULTILINE)
 JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
-REASON_FIELD = re.compile(r"reason\**\s*[:=]\s*\**\s*(.+)", re.IGNORECASE | re.DOTALL)
+REASON_FIELD = re.compile(r"reason[\"*]*\s*[:=]\s*[\"*]*\s*(.+)", re.IGNORECASE | re.DOTALL)
 MAX_REASON_CHARS = 500
 
 
@@ -50,6 +50,7 @@ def _scaled(number: str, scale: str | None) -> float:
 def _clean_reason(text: str) -> str:
     text = re.sub(r"(?m)^\s*\d+\.(?:\s|$)", " ", text)  # list numbering
     text = re.sub(r"[*`#]+", "", text)  # markdown emphasis (underscores stay: hand_truck)
+    text = text.strip().rstrip("}").strip().rstrip('"').strip()  # the end of a JSON answer
     text = re.sub(r"^\W*(?:reason\s*[:=-]?)?\s*", "", text, flags=re.IGNORECASE)
     text = " ".join(text.split())
     return text[:MAX_REASON_CHARS]

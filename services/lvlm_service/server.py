@@ -102,6 +102,10 @@ def make_backend(settings: LvlmSettings) -> Backend:
             max_queued=settings.max_queued, retries=settings.http_retries,
             backoff_seconds=settings.retry_backoff_seconds, structured_field=settings.structured_output_field,
         )
+    if settings.backend == "vllm":
+        from services.lvlm_service.backends.vllm_engine import VllmEngineBackend
+
+        return VllmEngineBackend(settings.vllm_model, settings.gpu_memory_utilization, settings.system_prompt)
     from services.lvlm_service.backends.transformers_local import TransformersBackend
 
     return TransformersBackend(

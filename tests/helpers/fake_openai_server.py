@@ -1,7 +1,9 @@
 """FakeOpenAIServer: a small local HTTP server that speaks the OpenAI chat-completions
 protocol like `vllm serve` does, for testing the lvlm_service `openai` backend on a
-machine without a GPU. It records every request and checks its shape; each test
-scripts the answers (text, malformed bodies, errors, delays)."""
+machine without a GPU. It records every request and checks it against the request
+fields of the vLLM version we target (vllm_chat_protocol.json, exported from vLLM 0.33
+by scripts/export_vllm_protocol.py); each test scripts the answers (text, JSON, log-probs,
+malformed bodies, refusals, cut answers, 429s and other errors, delays)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+PROTOCOL = json.loads((Path(__file__).with_name("vllm_chat_protocol.json")).read_text())
 
 
 @dataclass
@@ -19,6 +24,13 @@ class Reply:
     status: int = 200
     raw_body: str | None = None  # sent instead of a well-formed completion
     hold: threading.Event | None = None  # wait for this before answering (a slow engine)
+    finish_reason: str = "stop"
+    refusal: str | None = None
+    # (chosen token, [(candidate, logprob), ...]) per answer token, sent when logprobs are asked for
+    logprobs: list[tuple[str, list[tuple[str, float]]]] | None = None
+    retry_after: str | None = None
+    prompt_tokens: int = 100
+    completion_tokens: int | None = None  # None: one per log-prob entry, else ~4 characters per token
 
 
 @dataclass
@@ -32,6 +44,7 @@ class FakeOpenAIServer:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        ThreadingHTTPServer.request_queue_size = 256  # many concurrent clients, as a real engine takes
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -50,7 +63,16 @@ class FakeOpenAIServer:
 
     def check(self, request: dict[str, Any]) -> None:
         """The request shape the backend must send (vLLM's chat-completions schema)."""
-        problems = []
+        problems = [f"field {key!r} is unknown to vLLM {PROTOCOL['vllm_version']}"
+                    for key in request if key not in PROTOCOL["request_fields"]]
+        problems += [f"removed field {key!r}" for key in request if key in PROTOCOL["removed_fields"]]
+        structured = request.get("structured_outputs")
+        if structured is not None and (set(structured) - set(PROTOCOL["structured_outputs_fields"])
+                                       or not isinstance(structured.get("json"), dict)):
+            problems.append(f"structured_outputs {structured!r}")
+        if "top_logprobs" in request and (request.get("logprobs") is not True
+                                          or not 0 < request["top_logprobs"] <= PROTOCOL["max_top_logprobs_default"]):
+            problems.append(f"logprobs {request.get('logprobs')!r} / top_logprobs {request['top_logprobs']!r}")
         if request.get("model") != self.model:
             problems.append(f"model {request.get('model')!r}")
         if request.get("temperature") != 0:
@@ -63,6 +85,8 @@ class FakeOpenAIServer:
         else:
             parts = user[0]["content"]
             kinds = [p.get("type") for p in parts]
+            if any(kind not in PROTOCOL["content_part_types"] for kind in kinds):
+                problems.append(f"content part types {kinds} unknown to vLLM")
             if kinds != ["image_url", "text"]:
                 problems.append(f"content parts {kinds} (image first, then text)")
             elif not parts[0]["image_url"]["url"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,")):
@@ -104,13 +128,29 @@ class FakeOpenAIServer:
                 elif reply.status != 200:
                     payload = json.dumps({"error": {"message": "engine error", "code": reply.status}}).encode()
                 else:
+                    choice: dict[str, Any] = {
+                        "index": 0, "finish_reason": reply.finish_reason,
+                        "message": {"role": "assistant", "content": reply.content, "refusal": reply.refusal},
+                    }
+                    if reply.logprobs is not None:
+                        choice["logprobs"] = {"content": [
+                            {"token": token, "logprob": dict(top).get(token, top[0][1]),
+                             "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top]}
+                            for token, top in reply.logprobs
+                        ]}
+                    completion_tokens = reply.completion_tokens
+                    if completion_tokens is None:
+                        completion_tokens = (len(reply.logprobs) if reply.logprobs is not None
+                                             else max(1, -(-len(reply.content) // 4)))
                     payload = json.dumps({
                         "id": "chatcmpl-test", "object": "chat.completion", "model": server.model,
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": reply.content}}],
-                        "usage": {"prompt_tokens": 100, "completion_tokens": 12, "total_tokens": 112},
+                        "choices": [choice],
+                        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": completion_tokens,
+                                  "total_tokens": reply.prompt_tokens + completion_tokens},
                     }).encode()
                 self.send_response(reply.status)
+                if reply.retry_after is not None:
+                    self.send_header("Retry-After", reply.retry_after)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

@@ -36,7 +36,8 @@ async def test_score_through_the_real_generate_path() -> None:
     retries = sum(p.attempts - 1 for p in pairs)
     assert response.usage.calls == 6 + retries == response.usage.images
     assert response.usage.prompt_tokens > 6 * 50  # prompt text plus image tokens
-    assert 0 < response.usage.completion_tokens <= response.usage.calls * 8
+    # A cut answer (at 8 tokens) is asked again with twice the tokens.
+    assert 0 < response.usage.completion_tokens <= 6 * 8 + retries * 16
 
 
 async def test_batches_preserve_order_and_respect_max_tokens() -> None:
@@ -61,3 +62,65 @@ async def test_a_missing_local_model_fails_with_one_actionable_message(tmp_path:
         await backend.start()
     assert "--models tiny" in str(caught.value) and "--backend openai" in str(caught.value)
     await backend.close()
+
+
+async def test_fast_mode_uses_the_models_real_log_probabilities() -> None:
+    lvlm = await start_lvlm(lvlm_settings(max_tokens=16))
+    try:
+        async with open_channel(lvlm.address) as channel:
+            response = await lvlm_pb2_grpc.LvlmServiceStub(channel).Score(lvlm_pb2.ScoreRequest(
+                items=segment_items(["running", "bicycle"]),
+                options=lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_FAST),
+            ))
+    finally:
+        await lvlm.shutdown(1.0)
+    pairs = [s for item in response.items for s in item.scores]
+    assert all(p.parsed and 0.0 <= p.score <= 1.0 and p.reason == "" for p in pairs)
+    assert len({round(p.score, 6) for p in pairs}) > 1  # expected values, not a constant fallback
+    assert response.usage.calls == 6 and response.usage.completion_tokens <= 6 * 4
+
+
+async def test_fast_scores_are_the_expected_value_over_numeric_tokens() -> None:
+    """Recompute the first answer position's distribution straight from the model's logits."""
+    import torch
+
+    from services.lvlm_service.logprob_score import expected_score
+
+    backend = TransformersBackend("unused", tiny=True)
+    await backend.start()
+    try:
+        prompt = Prompt(IMAGE, build_prompt("bicycle", Kind.FRAME), max_tokens=4, top_logprobs=5)
+        (completion,) = await backend.complete([prompt])
+        model, processor = backend._model, backend._processor
+        inputs = processor.apply_chat_template(
+            [backend._conversation(prompt)], add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**inputs).logits[0, -1]
+    finally:
+        await backend.close()
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    first = dict(completion.top_logprobs[0])
+    for token_id in backend._numeric_token_ids():
+        token = processor.tokenizer.decode([token_id])
+        assert first[token] == pytest.approx(float(torch.log(probabilities[token_id])), abs=1e-4)
+    assert expected_score(completion.tokens, completion.top_logprobs) is not None
+
+
+async def test_multi_text_with_a_model_that_cannot_answer_json_reports_every_text() -> None:
+    lvlm = await start_lvlm(lvlm_settings(max_tokens=8))
+    try:
+        async with open_channel(lvlm.address) as channel:
+            response = await lvlm_pb2_grpc.LvlmServiceStub(channel).Score(lvlm_pb2.ScoreRequest(
+                items=[lvlm_pb2.ScoreItem(image=common_pb2.Image(data=IMAGE), kind=kind, texts=["running", "car"])
+                       for kind in (lvlm_pb2.CONTEXT_KIND_FRAME, lvlm_pb2.CONTEXT_KIND_TEMPORAL)],
+                options=lvlm_pb2.ScoreOptions(multi_text=True),
+            ))
+    finally:
+        await lvlm.shutdown(1.0)
+    assert response.usage.calls == 2 + response.usage.retries == 4  # one call per image, each retried once
+    for item in response.items:
+        assert [s.text for s in item.scores] == ["running", "car"]
+        for pair in item.scores:  # random weights: no JSON, so every text is a reported failure
+            assert not pair.parsed and "JSON object keyed by text" in pair.error and pair.attempts == 2
+    assert response.usage.failures == 4

@@ -162,18 +162,23 @@ class OpenAIBackend:
             async with self._slots:
                 started = time.perf_counter()
                 result.queue_seconds += started - queued
+                unreachable = False
                 try:
                     response = await self._client.post("/chat/completions", json=body)
                     error = "" if response.status_code == 200 else (
                         f"the LVLM server answered HTTP {response.status_code}: {response.text[:200]}")
                 except httpx.TimeoutException:
                     error = f"the LVLM server did not answer within {self._timeout:g} s"
-                except httpx.TransportError as exc:
-                    raise DependencyUnavailable(f"the LVLM server at {self.base_url} is unreachable: {exc}") from exc
+                except httpx.ConnectError as exc:
+                    unreachable, error = True, f"the LVLM server at {self.base_url} is unreachable: {exc!r}"
+                except httpx.TransportError as exc:  # e.g. a dropped keep-alive connection
+                    error = f"the connection to the LVLM server broke: {exc!r}"
                 finally:
                     result.engine_seconds += time.perf_counter() - started
             transient = response is None or response.status_code in RETRYABLE_STATUS
             if not error or not transient or attempt == self._retries:
+                if unreachable:
+                    raise DependencyUnavailable(error)
                 break
             result.retries += 1
             await asyncio.sleep(self._delay(attempt, response))

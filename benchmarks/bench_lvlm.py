@@ -1,0 +1,128 @@
+"""LVLM cost per segment in each scoring mode, for k = 1, 5 and 11 texts.
+
+Runs the real lvlm_service (`openai` backend) against a local OpenAI-compatible server that
+answers every call after a fixed latency (standing in for `vllm serve`; tokens are counted
+as ~4 characters per token plus a fixed number per image). A segment is what the
+orchestrator sends: a key frame, a position context and a temporal context per text (or,
+with multi_text, three shared images carrying every text). Prints calls, prompt and answer
+tokens and wall time per segment, and the frames per second that allows (24 frames per
+segment, the LVLM being the bottleneck), next to the reference code's sequential 3k calls.
+
+    python -m benchmarks.bench_lvlm [--latency-ms 200] [--ms-per-answer-token 0] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
+
+from services.common.clients import open_channel
+from services.common.images import encode_png
+from services.common.logs import configure_logging
+from services.common.presets import SHTECH_CLASSES
+from services.common.server import start_server
+from services.lvlm_service.config import LvlmSettings
+from services.lvlm_service.server import build_service
+from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text
+
+IMAGE_TOKENS = 300  # about what Qwen2.5-VL makes of a 640x360 key frame
+SEGMENT_FRAMES = 24
+MODES = {
+    "standard": lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_STANDARD),
+    "reason_first": lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_REASON_FIRST),
+    "fast": lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_FAST),
+    "multi_text": lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_STANDARD, multi_text=True),
+}
+
+
+class TimedEngine:
+    """Answers like a served model after `latency` seconds (plus `per_token` seconds per answer
+    token, to show what shorter answers save), with plausible token counts."""
+
+    def __init__(self, latency: float, per_token: float = 0.0) -> None:
+        self.latency, self.per_token = latency, per_token
+
+    def __call__(self, request: dict[str, Any]) -> Reply:
+        reply = self._reply(request)
+        answer_tokens = len(reply.logprobs) if reply.logprobs is not None else math.ceil(len(reply.content) / 4)
+        time.sleep(self.latency + self.per_token * answer_tokens)  # the engine's time for one call
+        return reply
+
+    def _reply(self, request: dict[str, Any]) -> Reply:
+        schema = (request.get("structured_outputs") or {}).get("json") or {}
+        required = schema.get("required", [])
+        if request.get("top_logprobs"):
+            reply = Reply("0.7", logprobs=[("0", [("0", -0.3), ("1", -1.4)]), (".", [(".", 0.0)]),
+                                           ("7", [("7", -0.2), ("6", -1.8)])])
+        elif required and required != ["score", "reason"] and required != ["reason", "score"]:
+            reply = Reply(json.dumps({t: {"score": 0.7, "reason": "a person runs across the square"}
+                                      for t in required}))
+        else:
+            reply = Reply('{"score": 0.7, "reason": "a person runs across the square"}')
+        reply.prompt_tokens = math.ceil(len(prompt_text(request)) / 4) + IMAGE_TOKENS
+        return reply
+
+
+def segment(texts: list[str], multi_text: bool) -> list[lvlm_pb2.ScoreItem]:
+    rng = np.random.default_rng(0)
+    image = common_pb2.Image(data=encode_png(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)))
+    kinds = (lvlm_pb2.CONTEXT_KIND_FRAME, lvlm_pb2.CONTEXT_KIND_POSITION, lvlm_pb2.CONTEXT_KIND_TEMPORAL)
+    if multi_text:
+        return [lvlm_pb2.ScoreItem(image=image, kind=kind, texts=texts) for kind in kinds]
+    return [lvlm_pb2.ScoreItem(image=image, kind=kind, texts=[t]) for t in texts for kind in kinds]
+
+
+async def run(latency: float, per_token: float, concurrency: int, segments: int) -> None:
+    with FakeOpenAIServer(answer=TimedEngine(latency, per_token)) as engine:
+        settings = LvlmSettings(host="127.0.0.1", port=0, backend="openai", openai_url=engine.url,
+                                openai_model=engine.model, max_concurrency=concurrency, log_level="WARNING")
+        spec, _ = build_service(settings)
+        lvlm = await start_server(spec, settings)
+        await lvlm.until_ready()
+        print(f"engine latency {latency * 1000:.0f} ms per call + {per_token * 1000:.0f} ms per answer token, "
+              f"{concurrency} calls in flight; "
+              f"per segment of {SEGMENT_FRAMES} frames (median of {segments})")
+        print(f"{'k':>3} {'mode':<13} {'calls':>6} {'prompt tok':>11} {'answer tok':>11} {'wall s':>8} "
+              f"{'FPS':>7} {'ref. wall s':>12} {'ref. FPS':>9}")
+        async with open_channel(lvlm.address) as channel:
+            stub = lvlm_pb2_grpc.LvlmServiceStub(channel)
+            for k in (1, 5, 11):
+                texts = list(SHTECH_CLASSES[:k])
+                # The authors' loop: one call at a time, each with a score and a reason (~12 tokens).
+                reference = 3 * k * (latency + 12 * per_token)
+                for mode, options in MODES.items():
+                    walls, usage = [], lvlm_pb2.Usage()
+                    for _ in range(segments):
+                        started = time.perf_counter()
+                        response = await stub.Score(lvlm_pb2.ScoreRequest(
+                            items=segment(texts, options.multi_text), options=options))
+                        walls.append(time.perf_counter() - started)
+                        usage = response.usage
+                    wall = statistics.median(walls)
+                    print(f"{k:>3} {mode:<13} {usage.calls:>6} {usage.prompt_tokens:>11} "
+                          f"{usage.completion_tokens:>11} {wall:>8.2f} {SEGMENT_FRAMES / wall:>7.1f} "
+                          f"{reference:>12.2f} {SEGMENT_FRAMES / reference:>9.1f}")
+        await lvlm.shutdown(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--ms-per-answer-token", type=float, default=0.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--segments", type=int, default=3)
+    args = parser.parse_args()
+    configure_logging("bench", "WARNING", "text")
+    asyncio.run(run(args.latency_ms / 1000, args.ms_per_answer_token / 1000, args.concurrency, args.segments))
+
+
+if __name__ == "__main__":
+    main()
