@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from anyanomaly.v1 import orchestrator_pb2
 from tqdm import tqdm
@@ -15,7 +14,7 @@ from tqdm import tqdm
 from services.common.errors import InvalidInput
 from services.evaluation.datasets import Plan
 from services.evaluation.results import ResultConfig, VideoResult, check_config, load_result, result_path
-from services.orchestrator.client import ResultBuilder, detect_stream
+from services.orchestrator.client import detect_document
 
 
 def missing_results(plan: Plan, results_dir: Path) -> list[tuple[str, str]]:
@@ -27,24 +26,6 @@ def missing_results(plan: Plan, results_dir: Path) -> list[tuple[str, str]]:
 def expected_config(plan: Plan, group: str, options: orchestrator_pb2.DetectOptions, profile: str) -> ResultConfig:
     texts = next(g.texts for g in plan.groups if g.name == group)
     return ResultConfig(options.segment_length or 24, texts, profile, plan.preset)
-
-
-async def _detect_one(address: str, request: orchestrator_pb2.DetectRequest, video: str, quiet: bool
-                      ) -> dict[str, Any]:
-    builder = ResultBuilder(request)
-    bar: Any = None
-    try:
-        async for update in detect_stream(address, request):
-            builder.add(update)
-            kind = update.WhichOneof("update")
-            if kind == "started" and not quiet:
-                bar = tqdm(total=update.started.num_frames or None, unit="frame", desc=video, leave=False)
-            elif kind == "segment" and bar is not None:
-                bar.update(update.segment.end_frame - update.segment.start_frame)
-    finally:
-        if bar is not None:
-            bar.close()
-    return builder.document()
 
 
 async def run_detections(
@@ -65,7 +46,7 @@ async def run_detections(
         )
         request.options.preset = plan.preset
         request.options.keep_hyphenated_texts = True  # the plan's texts are already split
-        document = await _detect_one(address, request, video, quiet)
+        document = await detect_document(address, request, None if quiet else video, leave=False)
         path = results_dir / group_name / f"{video}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".json.partial")

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from services.common.errors import InvalidInput
 from services.evaluation.datasets import Run
@@ -55,6 +54,8 @@ class RunScores:
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     if labels.size == 0 or labels.min() == labels.max():
         return None
+    from sklearn.metrics import roc_auc_score  # the eval extra; imported when first needed
+
     return float(roc_auc_score(labels, scores))
 
 

@@ -21,13 +21,12 @@ from typing import Any
 
 import grpc
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
-from tqdm import tqdm
 
 from services.common.errors import InvalidInput
 from services.common.profiles import VALUES as PROFILE_VALUES
 from services.evaluation import command as eval_command
 from services.launcher import EmbeddedStack, StackError, StackOptions
-from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_stream
+from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, detect_document
 
 PROG = "anyanomaly"
 BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
@@ -158,23 +157,6 @@ def _stack_options(args: argparse.Namespace, port: int = 0, host: str = "127.0.0
                         orchestrator_port=port, log_dir=args.log_dir, profile=args.profile or "default")
 
 
-async def _run_detection(address: str, request: orchestrator_pb2.DetectRequest, quiet: bool) -> dict[str, Any]:
-    builder = ResultBuilder(request)
-    bar: tqdm[Any] | None = None
-    try:
-        async for update in detect_stream(address, request):
-            builder.add(update)
-            kind = update.WhichOneof("update")
-            if kind == "started" and not quiet:
-                bar = tqdm(total=update.started.num_frames or None, unit="frame", desc="detect", file=sys.stderr)
-            elif kind == "segment" and bar is not None:
-                bar.update(update.segment.end_frame - update.segment.start_frame)
-    finally:
-        if bar is not None:
-            bar.close()
-    return builder.document()
-
-
 def _print_summary(result: dict[str, Any], output: Path | None) -> None:
     segments = result["segments"]
     print(f"{result['source']}: {result['num_frames']} frames, {len(segments)} segments, "
@@ -207,7 +189,7 @@ async def _detect(args: argparse.Namespace) -> int:
         await stack.start()
         address = stack.orchestrator_address
     try:
-        result = await _run_detection(address, request, args.quiet)
+        result = await detect_document(address, request, None if args.quiet else "detect")
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.UNAVAILABLE and args.address:
             raise UsageError(f"cannot reach the orchestrator at {args.address}: {error.details()}") from error
@@ -224,6 +206,12 @@ async def _detect(args: argparse.Namespace) -> int:
 
 async def _eval(args: argparse.Namespace) -> int:
     stack_options = None if args.address or args.results else _stack_options(args)
+    try:
+        import h5py  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as error:
+        raise UsageError(f"anyanomaly eval needs the eval extra ({error.name} is missing): "
+                         "pip install '.[eval]'") from error
     report = await eval_command.run_eval(args, stack_options)
     print(f"{report['dataset']}: {report['mode']}")
     for run in report["runs"]:

@@ -1,15 +1,17 @@
 """A Python client for Orchestrator.Detect that builds the result JSON document.
 
-    async for update in detect_stream(address, request): ...
-    result = ResultBuilder(source); result.add(update) ...; result.document()
+    result = await detect_document(address, request)        # with a progress bar on stderr
+    async for update in detect_stream(address, request): ...  # or the raw stream
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from tqdm import tqdm
 
 from services.common.clients import open_channel
 
@@ -134,3 +136,25 @@ class ResultBuilder:
                         "contexts_seconds": round(timings.contexts_seconds, 3),
                         "scoring_seconds": round(timings.scoring_seconds, 3)},
         }
+
+
+async def detect_document(
+    address: str, request: orchestrator_pb2.DetectRequest, progress: str | None = "detect", leave: bool = True
+) -> dict[str, Any]:
+    """Run a detection and return the result JSON document; a progress bar labelled `progress`
+    (None: none) counts frames on stderr."""
+    builder = ResultBuilder(request)
+    bar: Any = None
+    try:
+        async for update in detect_stream(address, request):
+            builder.add(update)
+            kind = update.WhichOneof("update")
+            if kind == "started" and progress is not None:
+                bar = tqdm(total=update.started.num_frames or None, unit="frame", desc=progress, leave=leave,
+                           file=sys.stderr)
+            elif kind == "segment" and bar is not None:
+                bar.update(update.segment.end_frame - update.segment.start_frame)
+    finally:
+        if bar is not None:
+            bar.close()
+    return builder.document()

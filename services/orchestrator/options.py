@@ -65,6 +65,9 @@ def resolve(
     for name in ("reason_threshold", "gate_threshold"):
         if options.HasField(name) and not math.isfinite(getattr(options, name)):
             raise InvalidInput(f"{name} must be a number, got {getattr(options, name)}")
+    if scoring.multi_text and scoring.mode == lvlm_pb2.SCORE_MODE_FAST:
+        raise InvalidInput("the fast mode reads one score per call from token probabilities; use multi_text with "
+                           "the standard or reason_first mode")
     if options.HasField("reason_threshold") and scoring.mode != lvlm_pb2.SCORE_MODE_FAST:
         raise InvalidInput("reason_threshold applies to the fast scoring mode (scoring.mode = SCORE_MODE_FAST), "
                            "whose scores come without reasons")

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from anyanomaly.v1 import common_pb2, orchestrator_pb2
+from anyanomaly.v1 import common_pb2, lvlm_pb2, orchestrator_pb2
 
 from services.common.errors import InvalidInput
 from services.common.profiles import profile_name
@@ -64,3 +64,14 @@ def test_every_python_package_is_packaged() -> None:
         relative = init.parent.relative_to(REPO_ROOT / ("protos" if "protos" in init.parts else ""))
         found.add(".".join(Path(relative).parts))
     assert found == declared
+
+
+def test_option_combinations_that_cannot_work_are_refused() -> None:
+    fast_multi = orchestrator_pb2.DetectOptions(multi_text=True)
+    fast_multi.scoring.mode = lvlm_pb2.SCORE_MODE_FAST
+    with pytest.raises(InvalidInput, match="fast mode reads one score per call"):
+        resolve(fast_multi, 2)
+    with pytest.raises(InvalidInput, match="reason_threshold applies to the fast scoring mode"):
+        resolve(orchestrator_pb2.DetectOptions(reason_threshold=0.5), 2)
+    multi = resolve(orchestrator_pb2.DetectOptions(multi_text=True), 2)
+    assert multi.multi_text and multi.score_options.multi_text
