@@ -40,7 +40,6 @@ class StackOptions:
     orchestrator_port: int = 0
     log_dir: Path | None = None  # service logs; None keeps only the last lines for error messages
     profile: str = "default"  # the services' profile for requests that name none
-    extra_args: dict[str, Sequence[str]] = field(default_factory=dict)  # per service, appended
 
 
 @dataclass
@@ -103,7 +102,7 @@ class EmbeddedStack:
             log_file = (self.options.log_dir / f"{name}.log").open("a")
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{name}", "--host", self.options.host, "--port", str(port),
-            "--log-format", "json", "--profile", self.options.profile, *args, *self.options.extra_args.get(name, ()),
+            "--log-format", "json", "--profile", self.options.profile, *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -111,9 +110,6 @@ class EmbeddedStack:
         service.reader = asyncio.create_task(service.pump())
         self.services[name] = service
         return service
-
-    async def _port(self, service: ServiceProcess) -> int:
-        return await service.port
 
     async def _until_serving(self, service: ServiceProcess) -> None:
         """Watch the service's health until SERVING; fail if the process exits first."""
@@ -150,15 +146,15 @@ class EmbeddedStack:
             else:
                 lvlm_args = ["--backend", "transformers", "--models", options.models]
             lvlm = await self._spawn("lvlm_service", lvlm_args)
-            clip_port = await self._port(clip)
+            clip_port = await clip.port
             context = await self._spawn("context_service", ["--clip-address", f"127.0.0.1:{clip_port}"])
-            addresses = [f"127.0.0.1:{await self._port(s)}" for s in (clip, context, lvlm)]
+            addresses = [f"127.0.0.1:{await s.port}" for s in (clip, context, lvlm)]
             orchestrator = await self._spawn(
                 "orchestrator",
                 ["--clip-address", addresses[0], "--context-address", addresses[1], "--lvlm-address", addresses[2]],
                 port=options.orchestrator_port,
             )
-            await self._port(orchestrator)
+            await orchestrator.port
             await asyncio.gather(*(self._until_serving(s) for s in self.services.values()))
         except BaseException:
             await self.stop()

@@ -65,7 +65,6 @@ class ClipModel:
         self.mean = tuple(float(v) for v in OPENAI_DATASET_MEAN)
         self.std = tuple(float(v) for v in OPENAI_DATASET_STD)
         self.images_encoded = 0
-        self.image_batches = 0
         self.texts_encoded = 0
 
     @property
@@ -78,7 +77,6 @@ class ClipModel:
             features = self._model.encode_image(batch.to(self._device, self._dtype)).float()
             features = features / features.norm(dim=-1, keepdim=True)
         self.images_encoded += int(batch.shape[0])
-        self.image_batches += 1
         return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar
-
 from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 
 from services.clip_service.config import ClipSettings
 from services.clip_service.engine import ClipEngine, Selection, TextEncoding
 from services.clip_service.ksm import Strategy
 from services.clip_service.preprocess import Mode
-from services.common.errors import InvalidInput
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor
-
-T = TypeVar("T")
+from services.common.validation import lookup
 
 SERVICE_NAME = clip_pb2.DESCRIPTOR.services_by_name["ClipService"].full_name
 
@@ -39,12 +34,6 @@ STRATEGIES = {
 }
 
 
-def _lookup(table: Mapping[Any, T], value: int, what: str) -> T:
-    if value not in table:
-        raise InvalidInput(f"unknown {what} value {value}")
-    return table[value]
-
-
 def _selection(selection: Selection) -> clip_pb2.KeyFrameSelection:
     return clip_pb2.KeyFrameSelection(
         text=selection.text, representative=selection.representative, key_frames=list(selection.key_frames),
@@ -59,14 +48,14 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
     async def EmbedTexts(
         self, request: clip_pb2.EmbedTextsRequest, context: RpcContext
     ) -> clip_pb2.EmbedTextsResponse:
-        encoding = _lookup(_ENCODINGS, request.encoding, "text encoding")
+        encoding = lookup(_ENCODINGS, request.encoding, "text encoding")
         vectors = await self._engine.embed_texts(list(request.texts), encoding)
         return clip_pb2.EmbedTextsResponse(embeddings=to_tensor(vectors))
 
     async def EmbedImages(
         self, request: clip_pb2.EmbedImagesRequest, context: RpcContext
     ) -> clip_pb2.EmbedImagesResponse:
-        mode = _lookup(_MODES, request.preprocess, "preprocess")
+        mode = lookup(_MODES, request.preprocess, "preprocess")
         windows = [(w.size, w.stride) for w in request.windows]
         result = await self._engine.embed_images(
             [image.data for image in request.images], mode, windows
@@ -80,8 +69,8 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
     async def SelectKeyFrames(
         self, request: clip_pb2.SelectKeyFramesRequest, context: RpcContext
     ) -> clip_pb2.SelectKeyFramesResponse:
-        strategy = _lookup(STRATEGIES, request.strategy, "key-frame strategy")
-        mode = _lookup(_MODES, request.preprocess, "preprocess")
+        strategy = lookup(STRATEGIES, request.strategy, "key-frame strategy")
+        mode = lookup(_MODES, request.preprocess, "preprocess")
         result = await self._engine.select_key_frames(
             [frame.data for frame in request.frames], list(request.texts), strategy, request.seed, mode,
             joint=request.joint,

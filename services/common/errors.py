@@ -17,10 +17,6 @@ class InvalidInput(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
@@ -50,8 +46,3 @@ class DeadlineExceeded(ServiceError):
 class ModelLoadError(RuntimeError):
     """Start-up could not load a model. The message names the setting to fix."""
 
-
-def require(condition: bool, message: str) -> None:
-    """Raise InvalidInput(message) unless condition holds."""
-    if not condition:
-        raise InvalidInput(message)

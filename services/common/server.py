@@ -133,7 +133,11 @@ async def serve(spec: ServiceSpec, settings: ServerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    running = await start_server(spec, settings)
+    try:
+        running = await start_server(spec, settings)
+    except OSError as bind_error:  # e.g. the port is taken: one line, no traceback
+        log.error(str(bind_error))
+        return 2
     stop_wait = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({running.ready_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     if running.ready_task.done() and running.ready_task.exception() is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from services.common.errors import InvalidInput
+
+T = TypeVar("T")
 
 MAX_TEXT_CHARS = 300
 MAX_TEXTS = 256
@@ -24,3 +27,11 @@ def validate_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
                 f"{what}[{position}] has {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
             )
     return list(texts)
+
+
+def lookup(table: Mapping[Any, T], value: int, what: str) -> T:
+    """The contract enum `value` as the service's own type; InvalidInput for a value this
+    version does not know (a newer client, or a number sent by hand)."""
+    if value not in table:
+        raise InvalidInput(f"unknown {what} value {value}")
+    return table[value]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from anyanomaly.v1 import common_pb2, context_pb2, context_pb2_grpc
 
-from services.common.errors import InvalidInput
 from services.common.profiles import profile_name
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor
+from services.common.validation import lookup
 from services.context_service.clip_client import ClipClient
 from services.context_service.config import ContextSettings
 from services.context_service.engine import ContextEngine, Query
@@ -24,8 +24,6 @@ SELECTIONS = {
 
 
 def params_from_proto(options: context_pb2.ContextOptions, default_profile: str = "default") -> ContextParams:
-    if options.temporal_selection not in SELECTIONS:
-        raise InvalidInput(f"unknown temporal_selection value {options.temporal_selection}")
     return resolve_params(
         profile=profile_name(options.profile, default_profile),
         preset=options.preset,
@@ -36,7 +34,7 @@ def params_from_proto(options: context_pb2.ContextOptions, default_profile: str 
         minmax_epsilon=options.minmax_epsilon if options.HasField("minmax_epsilon") else None,
         class_adaptive=options.class_adaptive if options.HasField("class_adaptive") else None,
         include_attention_map=options.include_attention_map,
-        temporal_selection=SELECTIONS[options.temporal_selection],
+        temporal_selection=lookup(SELECTIONS, options.temporal_selection, "temporal_selection"),
     )
 
 

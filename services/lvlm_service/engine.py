@@ -139,10 +139,6 @@ class _Call:
         return any(not p.parsed for p in self.outcome.values())
 
 
-def _no_score(completion: Completion, error: str) -> Parsed:
-    return Parsed(0.0, "", False, error)
-
-
 def _failure_reason(completion: Completion, parsed_error: str) -> str:
     if completion.refusal:
         return f"the model refused: {completion.refusal[:200]}"
@@ -204,7 +200,7 @@ class LvlmEngine:
     def _read(self, call: _Call, params: ScoreParams) -> None:
         completion = call.completion
         if completion.error:
-            call.outcome = {t: _no_score(completion, completion.error) for t in call.texts}
+            call.outcome = {t: Parsed(0.0, "", False, completion.error) for t in call.texts}
             return
         if len(call.texts) > 1:
             call.outcome = _read_multi(completion, call.texts)

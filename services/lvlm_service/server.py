@@ -8,6 +8,7 @@ from services.common.errors import InvalidInput
 from services.common.presets import get_preset
 from services.common.profiles import profile_name
 from services.common.server import RpcContext, ServiceSpec
+from services.common.validation import lookup
 from services.lvlm_service.backends.base import Backend
 from services.lvlm_service.config import LvlmSettings
 from services.lvlm_service.engine import Item, LvlmEngine, Parser, ScoreParams
@@ -35,10 +36,6 @@ PARSERS = {
 
 
 def params_from_proto(options: lvlm_pb2.ScoreOptions, default_profile: str = "default") -> ScoreParams:
-    if options.parser not in PARSERS:
-        raise InvalidInput(f"unknown score parser value {options.parser}")
-    if options.mode not in MODES:
-        raise InvalidInput(f"unknown score mode value {options.mode}")
     if options.max_tokens < 0:
         raise InvalidInput(f"max_tokens must not be negative, got {options.max_tokens}")
     get_preset(options.preset)  # an unknown preset is refused here
@@ -46,18 +43,19 @@ def params_from_proto(options: lvlm_pb2.ScoreOptions, default_profile: str = "de
         raise InvalidInput("output_label must be a short single-line word such as 'Output'")
     return ScoreParams(
         profile=profile_name(options.profile, default_profile), preset=options.preset,
-        parser=PARSERS[options.parser], max_tokens=options.max_tokens, output_label=options.output_label,
+        parser=lookup(PARSERS, options.parser, "score parser"), max_tokens=options.max_tokens,
+        output_label=options.output_label,
         retry_unparsed=options.retry_unparsed if options.HasField("retry_unparsed") else None,
         reference_prompt_typo=options.reference_prompt_typo if options.HasField("reference_prompt_typo") else None,
         structured_output=options.structured_output if options.HasField("structured_output") else None,
-        mode=MODES[options.mode], multi_text=options.multi_text,
+        mode=lookup(MODES, options.mode, "score mode"), multi_text=options.multi_text,
     )
 
 
 def items_from_proto(items: list[lvlm_pb2.ScoreItem]) -> list[Item]:
     converted = []
     for position, item in enumerate(items):
-        if item.kind not in KINDS:
+        if item.kind not in KINDS:  # UNSPECIFIED too: the prompt depends on it
             raise InvalidInput(f"items[{position}].kind must be FRAME, POSITION or TEMPORAL")
         converted.append(Item(item.image.data, KINDS[item.kind], tuple(item.texts)))
     return converted

@@ -10,6 +10,7 @@ from services.common.errors import InvalidInput
 from services.common.presets import get_preset
 from services.common.profiles import VALUES as PROFILE_VALUES
 from services.common.profiles import profile_name
+from services.common.validation import lookup
 from services.orchestrator.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS
 from services.orchestrator.pipeline import MIN_SEGMENT_FRAMES, DetectParams
 
@@ -36,18 +37,11 @@ def resolve(
     sigma = options.sigma if options.HasField("sigma") else DEFAULT_SIGMA
     if not math.isfinite(sigma) or sigma < 0:
         raise InvalidInput(f"sigma must be zero (no smoothing) or positive, got {sigma}")
-    if options.tail_policy == orchestrator_pb2.TAIL_POLICY_UNSPECIFIED:
-        tail = "drop" if profile == "parity" else "score"
-    elif options.tail_policy in TAIL_POLICIES:
-        tail = TAIL_POLICIES[options.tail_policy]
-    else:
-        raise InvalidInput(f"unknown tail_policy value {options.tail_policy}")
-    if options.multi_text_fusion == orchestrator_pb2.MULTI_TEXT_FUSION_UNSPECIFIED:
-        fusion_rule = "max_then_fuse" if profile == "parity" else "fuse_then_max"
-    elif options.multi_text_fusion in FUSION_RULES:
-        fusion_rule = FUSION_RULES[options.multi_text_fusion]
-    else:
-        raise InvalidInput(f"unknown multi_text_fusion value {options.multi_text_fusion}")
+    parity = profile == "parity"
+    tail = ("drop" if parity else "score") if not options.tail_policy else lookup(
+        TAIL_POLICIES, options.tail_policy, "tail_policy")
+    fusion_rule = ("max_then_fuse" if parity else "fuse_then_max") if not options.multi_text_fusion else lookup(
+        FUSION_RULES, options.multi_text_fusion, "multi_text_fusion")
     if options.strategy not in common_pb2.KeyFrameStrategy.values():
         raise InvalidInput(f"unknown key-frame strategy value {options.strategy}")
     in_flight = options.max_segments_in_flight or max_in_flight

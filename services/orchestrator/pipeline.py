@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2
@@ -39,6 +39,7 @@ class DetectParams:
     multi_text_fusion: str = "fuse_then_max"  # or "max_then_fuse" (the reference)
     strategy: common_pb2.KeyFrameStrategy.ValueType = common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING
     max_in_flight: int = 2
+    max_frames: int = 1_000_000  # refuse sources longer than this
     multi_text: bool = False  # one joint key-frame choice and three LVLM calls per segment
     reason_threshold: float | None = None  # fast mode: reasons for texts whose fused score reaches this
     gate_threshold: float | None = None  # skip the LVLM when the best CLIP similarity is below this
@@ -113,6 +114,15 @@ class Summary:
 Update = Started | SegmentOutcome | Summary
 
 
+def add_usage(parts: Sequence[lvlm_pb2.Usage]) -> lvlm_pb2.Usage:
+    """The field-by-field sum of LVLM usage records."""
+    total = lvlm_pb2.Usage()
+    for part in parts:
+        for descriptor in lvlm_pb2.Usage.DESCRIPTOR.fields:
+            setattr(total, descriptor.name, getattr(total, descriptor.name) + getattr(part, descriptor.name))
+    return total
+
+
 @dataclass
 class _Segment:
     index: int
@@ -182,12 +192,8 @@ class Detector:
         options.CopyFrom(params.score_options)
         options.mode, options.multi_text = lvlm_pb2.SCORE_MODE_STANDARD, False
         reasons, extra = await self._clients.reasons(segment.frames, wanted, options)
-        total = lvlm_pb2.Usage()
-        for part in (usage, extra):
-            for descriptor in lvlm_pb2.Usage.DESCRIPTOR.fields:
-                setattr(total, descriptor.name, getattr(total, descriptor.name) + getattr(part, descriptor.name))
         updated = [replace(r, frame=replace(r.frame, reason=reasons.get(r.text, r.frame.reason))) for r in results]
-        return updated, total
+        return updated, add_usage([usage, extra])
 
     def _gated(self, segment: _Segment, choices: list[KeyFrameChoice], best: float, params: DetectParams
                ) -> SegmentOutcome:
@@ -227,6 +233,9 @@ class Detector:
                 if not frames:
                     break
                 start, frames_read = frames_read, frames_read + len(frames)
+                if frames_read > params.max_frames:
+                    raise InvalidInput(f"the source has more than {params.max_frames} frames; cut the video or "
+                                       "raise the orchestrator's --max-frames")
                 is_tail = len(frames) < params.segment_length
                 if is_tail and (params.tail_policy == "drop" or len(frames) < MIN_SEGMENT_FRAMES):
                     if params.tail_policy == "score":
@@ -262,11 +271,7 @@ class Detector:
         scored = max((end for _, end, _ in spans), default=0)
         frame_scores = expand_to_frames(spans, frames_read)
         frame_scores[:scored] = smooth(frame_scores[:scored], params.sigma)
-        usage = lvlm_pb2.Usage()
-        for outcome in outcomes:
-            for descriptor in lvlm_pb2.Usage.DESCRIPTOR.fields:
-                name = descriptor.name
-                setattr(usage, name, getattr(usage, name) + getattr(outcome.usage, name))
+        usage = add_usage([o.usage for o in outcomes])
         failures = sum(not s.parsed for o in outcomes for r in o.results for s in (r.frame, r.position, r.temporal))
         return Summary(
             num_frames=frames_read, fps=source.info.fps, frame_scores=[float(v) for v in frame_scores],

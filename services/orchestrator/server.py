@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from anyanomaly.v1 import lvlm_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -80,8 +81,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self, request: orchestrator_pb2.DetectRequest, context: RpcContext
     ) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
         texts = self._texts(request)
-        params = detect_options.resolve(request.options, self._settings.max_segments_in_flight,
-                                        self._settings.profile)
+        params = replace(
+            detect_options.resolve(request.options, self._settings.max_segments_in_flight, self._settings.profile),
+            max_frames=self._settings.max_frames,
+        )
         encoding = FrameEncoding(self._settings.frame_format, self._settings.jpeg_quality,
                                  self._settings.max_image_pixels)
         roots = [r for r in self._settings.media_roots.split(",") if r.strip()]

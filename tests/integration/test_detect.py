@@ -12,7 +12,7 @@ from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from scipy.ndimage import gaussian_filter1d
 
 from services.common.clients import open_channel
-from tests.conftest import Stack
+from tests.conftest import Stack, start_stack
 from tests.helpers.fixtures import avenue_clip, fixtures_root
 
 
@@ -177,3 +177,15 @@ async def test_key_frame_strategies_reach_clip_service(stack: Stack, tmp_path: P
     for segment in paper:  # CLIP then grouping: the same offset in each group of 6
         keys = [k - segment.start_frame for k in segment.scores[0].key_frames]
         assert [k - keys[0] for k in keys] == [0, 6, 12, 18]
+
+
+async def test_sources_longer_than_max_frames_are_refused(tmp_path: Path) -> None:
+    stack = await start_stack(max_frames=30)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await detect(stack.orchestrator.address,
+                         orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 48))), ["car"])
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "more than 30 frames" in (caught.value.details() or "")
+    finally:
+        await stack.shutdown()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -186,3 +187,20 @@ def test_clip_embeddings_survive_the_wire_as_float32(avenue21_pngs: list[bytes])
             await running.shutdown(1.0)
 
     asyncio.run(run())
+
+
+def test_a_taken_port_stops_start_up_with_one_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = _service_process(["services.context_service", "--host", "127.0.0.1", "--port", str(port)],
+                                   tmp_path)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "Traceback" not in err
+    # gRPC's C core prints its own bind line too; the service's log is the JSON lines.
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    errors = [entry["msg"] for entry in logged if entry["level"] == "error"]
+    assert len(errors) == 1
+    assert "cannot bind 127.0.0.1" in errors[0] and "choose another --port" in errors[0]

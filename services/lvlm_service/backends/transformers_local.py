@@ -93,8 +93,8 @@ class TransformersBackend:
             results.extend(batch_result)
         return results
 
-    def _conversation(self, prompt: Prompt) -> list[dict[str, Any]]:
-        image = Image.open(io.BytesIO(prompt.image)).convert("RGB")
+    def _conversation(self, prompt: Prompt, image: Image.Image | None = None) -> list[dict[str, Any]]:
+        image = image or Image.open(io.BytesIO(prompt.image)).convert("RGB")
         messages: list[dict[str, Any]] = []
         if self._system_prompt:
             messages.append({"role": "system", "content": [{"type": "text", "text": self._system_prompt}]})
@@ -120,8 +120,12 @@ class TransformersBackend:
 
     def _generate(self, prompts: list[Prompt], queued: float) -> list[Completion]:
         started = time.perf_counter()
+        images: dict[bytes, Image.Image] = {}  # a segment's texts share images: decode each once
+        for prompt in prompts:
+            if prompt.image not in images:
+                images[prompt.image] = Image.open(io.BytesIO(prompt.image)).convert("RGB")
         inputs = self._processor.apply_chat_template(
-            [self._conversation(p) for p in prompts], add_generation_prompt=True, tokenize=True,
+            [self._conversation(p, images[p.image]) for p in prompts], add_generation_prompt=True, tokenize=True,
             return_dict=True, return_tensors="pt", processor_kwargs={"padding": True},
         ).to(self._device)
         max_tokens = max(p.max_tokens for p in prompts)
