@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import math
 import statistics
 import time
-from typing import Any
 
 import numpy as np
 from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 
+from benchmarks.timed_llm import TimedLLM
 from services.common.clients import open_channel
 from services.common.images import encode_png
 from services.common.logs import configure_logging
@@ -31,9 +29,7 @@ from services.common.presets import SHTECH_CLASSES
 from services.common.server import start_server
 from services.lvlm_service.config import LvlmSettings
 from services.lvlm_service.server import build_service
-from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text
 
-IMAGE_TOKENS = 300  # about what Qwen2.5-VL makes of a 640x360 key frame
 SEGMENT_FRAMES = 24
 MODES = {
     "standard": lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_STANDARD),
@@ -41,34 +37,6 @@ MODES = {
     "fast": lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_FAST),
     "multi_text": lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_STANDARD, multi_text=True),
 }
-
-
-class TimedEngine:
-    """Answers like a served model after `latency` seconds (plus `per_token` seconds per answer
-    token, to show what shorter answers save), with plausible token counts."""
-
-    def __init__(self, latency: float, per_token: float = 0.0) -> None:
-        self.latency, self.per_token = latency, per_token
-
-    def __call__(self, request: dict[str, Any]) -> Reply:
-        reply = self._reply(request)
-        answer_tokens = len(reply.logprobs) if reply.logprobs is not None else math.ceil(len(reply.content) / 4)
-        time.sleep(self.latency + self.per_token * answer_tokens)  # the engine's time for one call
-        return reply
-
-    def _reply(self, request: dict[str, Any]) -> Reply:
-        schema = (request.get("structured_outputs") or {}).get("json") or {}
-        required = schema.get("required", [])
-        if request.get("top_logprobs"):
-            reply = Reply("0.7", logprobs=[("0", [("0", -0.3), ("1", -1.4)]), (".", [(".", 0.0)]),
-                                           ("7", [("7", -0.2), ("6", -1.8)])])
-        elif required and required != ["score", "reason"] and required != ["reason", "score"]:
-            reply = Reply(json.dumps({t: {"score": 0.7, "reason": "a person runs across the square"}
-                                      for t in required}))
-        else:
-            reply = Reply('{"score": 0.7, "reason": "a person runs across the square"}')
-        reply.prompt_tokens = math.ceil(len(prompt_text(request)) / 4) + IMAGE_TOKENS
-        return reply
 
 
 def segment(texts: list[str], multi_text: bool) -> list[lvlm_pb2.ScoreItem]:
@@ -81,7 +49,7 @@ def segment(texts: list[str], multi_text: bool) -> list[lvlm_pb2.ScoreItem]:
 
 
 async def run(latency: float, per_token: float, concurrency: int, segments: int) -> None:
-    with FakeOpenAIServer(answer=TimedEngine(latency, per_token)) as engine:
+    with TimedLLM(latency, per_token) as engine:
         settings = LvlmSettings(host="127.0.0.1", port=0, backend="openai", openai_url=engine.url,
                                 openai_model=engine.model, max_concurrency=concurrency, log_level="WARNING")
         spec, _ = build_service(settings)

@@ -6,7 +6,7 @@ clip, and times SelectKeyFrames + BuildContexts for k texts. Prints wall time pe
 segment and the number of CLIP image forwards per segment, next to the reference
 implementation's count (METHOD.md section 12: 214 per text for ShT windows).
 
-    python -m benchmarks.bench_segment [--models random|tiny] [--repeats 3] [--texts 1 5]
+    python -m benchmarks.bench_segment [--video V] [--models random|tiny] [--repeats 3] [--texts 1 5]
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import argparse
 import asyncio
 import statistics
 import time
+from pathlib import Path
 
+import cv2
 from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 
 from services.clip_service.config import ClipSettings
@@ -27,12 +29,27 @@ from services.common.presets import SHTECH_CLASSES
 from services.common.server import start_server
 from services.context_service.config import ContextSettings
 from services.context_service.server import build_service as build_context
-from tests.helpers.fixtures import avenue_clip, read_video_frames
 
 REFERENCE_FORWARDS_PER_TEXT = 24 + 38 + 152  # KSM + WA + GIG, ShT windows
+DEFAULT_VIDEO = Path(__file__).resolve().parents[1].parent / "shared/fixtures/real/avenue/testing_videos/21.avi"
 
 
-async def run(models: str, repeats: int, text_counts: list[int]) -> None:
+def first_frames(video: Path, count: int) -> list[bytes]:
+    """The first `count` frames of `video`, JPEG-encoded as the orchestrator sends them."""
+    capture = cv2.VideoCapture(str(video))
+    frames: list[bytes] = []
+    while len(frames) < count:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        frames.append(encode_jpeg(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    capture.release()
+    if len(frames) < count:
+        raise SystemExit(f"{video}: need {count} frames, read {len(frames)} (see --video)")
+    return frames
+
+
+async def run(video: Path, models: str, repeats: int, text_counts: list[int]) -> None:
     clip_settings = ClipSettings(host="127.0.0.1", port=0, models=models, device="cpu", log_level="WARNING")
     clip_spec, engine = build_clip(clip_settings)
     clip = await start_server(clip_spec, clip_settings)
@@ -42,9 +59,9 @@ async def run(models: str, repeats: int, text_counts: list[int]) -> None:
     context = await start_server(context_spec, context_settings)
     await context.until_ready()
 
-    frames = [common_pb2.Image(data=encode_jpeg(f)) for f in read_video_frames(avenue_clip("21"), count=24)]
+    frames = [common_pb2.Image(data=data) for data in first_frames(video, 24)]
     print(f"model: {engine.info.name} ({engine.info.weights}), device {engine.info.device}, "
-          f"24 frames of avenue/testing_videos/21.avi, shtech windows 48/80/120")
+          f"24 frames of {video.name}, shtech windows 48/80/120")
     print(f"{'k':>3} {'select s':>9} {'contexts s':>11} {'segment s':>10} {'forwards':>9} {'reference':>10}")
     async with open_channel(clip.address) as clip_channel, open_channel(context.address) as context_channel:
         clip_stub = clip_pb2_grpc.ClipServiceStub(clip_channel)
@@ -78,12 +95,13 @@ async def run(models: str, repeats: int, text_counts: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="a video of at least 24 frames")
     parser.add_argument("--models", default="random", choices=("random", "tiny"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--texts", type=int, nargs="+", default=[1, 5])
     args = parser.parse_args()
     configure_logging("bench", "WARNING", "text")
-    asyncio.run(run(args.models, args.repeats, args.texts))
+    asyncio.run(run(args.video, args.models, args.repeats, args.texts))
 
 
 if __name__ == "__main__":

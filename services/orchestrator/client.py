@@ -128,6 +128,7 @@ class ResultBuilder:
             "gated_segments": summary.gated_segments,
             "lvlm_usage": {"calls": usage.calls, "prompt_tokens": usage.prompt_tokens,
                            "completion_tokens": usage.completion_tokens, "images": usage.images,
+                           "retries": usage.retries, "failures": usage.failures,
                            "queue_seconds": round(usage.queue_seconds, 3),
                            "engine_seconds": round(usage.engine_seconds, 3)},
             "timings": {"total_seconds": round(timings.total_seconds, 3),

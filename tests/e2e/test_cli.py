@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import ANYANOMALY, run
 from tests.helpers.fixtures import REPO_ROOT, avenue_clip
 
-ANYANOMALY = str(Path(sys.executable).parent / "anyanomaly")
 SEGMENT_KEYS = {"index", "start_frame", "end_frame", "key_frames", "scores", "max_fused"}
 SCORE_KEYS = {"frame", "position", "temporal", "fused", "reason"}
 TOP_KEYS = {"source", "texts", "models", "fps", "num_frames", "segment_length", "tail_policy", "fusion_weights",
             "sigma", "segments", "frame_scores"}
-
-
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ANYANOMALY, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def check_schema(result: dict[str, object], frames: int, texts: list[str]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from tests.e2e.test_cli import run
+from tests.helpers.cli import run
 from tests.helpers.fixtures import avenue_clip, fixtures_root
 
 VIDEOS = ["08", "20", "21"]

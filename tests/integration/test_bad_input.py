@@ -13,7 +13,7 @@ from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, cont
 from services.clip_service.engine import ClipEngine
 from services.common.clients import open_channel
 from services.common.server import RunningServer
-from tests.conftest import clip_settings, start_clip, start_context
+from tests.helpers.stack import clip_settings, start_clip, start_context
 
 PIXEL_LIMIT = 200_000  # below the 640x360 = 230,400 pixels of an Avenue frame
 

@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 from anyanomaly.v1 import lvlm_pb2, orchestrator_pb2
 
-from tests.conftest import Stack, lvlm_settings, start_stack
+from tests.helpers.detect import detect, frame_folder, split
 from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text
-from tests.integration.test_detect import detect, frame_folder, split
+from tests.helpers.stack import Stack, lvlm_settings, start_stack
 
 TEXTS = ["cart", "bicycle"]
 

@@ -15,9 +15,7 @@ from prometheus_client import REGISTRY
 
 from services.lvlm_service.prompts import score_schema
 from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text
-from tests.integration.test_lvlm_openai import IMAGE, fake, openai_lvlm, score, segment_items
-
-__all__ = ["fake"]  # the fixture
+from tests.helpers.lvlm import IMAGE, openai_lvlm, score, segment_items
 
 
 def frame_item(*texts: str) -> list[lvlm_pb2.ScoreItem]:

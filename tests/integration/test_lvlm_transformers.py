@@ -13,8 +13,8 @@ from services.common.errors import ModelLoadError
 from services.lvlm_service.backends.base import Prompt
 from services.lvlm_service.backends.transformers_local import TransformersBackend
 from services.lvlm_service.prompts import Kind, build_prompt
-from tests.conftest import lvlm_settings, start_lvlm
-from tests.integration.test_lvlm_openai import IMAGE, segment_items
+from tests.helpers.lvlm import IMAGE, segment_items
+from tests.helpers.stack import lvlm_settings, start_lvlm
 
 
 async def test_score_through_the_real_generate_path() -> None:

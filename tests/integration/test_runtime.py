@@ -24,8 +24,8 @@ from services.clip_service.engine import ClipEngine
 from services.clip_service.server import build_service
 from services.common.clients import open_channel
 from services.common.server import RunningServer, start_server
-from tests.conftest import clip_settings
 from tests.helpers.fixtures import REPO_ROOT
+from tests.helpers.stack import clip_settings
 
 
 class GatedClipEngine(ClipEngine):
