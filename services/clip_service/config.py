@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.config import ServerSettings, load_settings, setting
+from services.common.config import ServerSettings, environment, load_settings, set_environment, setting
 
 ENV_PREFIX = "ANYANOMALY_CLIP"
 DEFAULT_PORT = 50051
@@ -43,3 +43,17 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         "clip_service: CLIP text/image embeddings and key-frame selection over gRPC.", env,
         prog="python -m services.clip_service",
     )
+
+
+def huggingface_cache(settings: ClipSettings) -> str:
+    """Where the weights are looked for, for error messages."""
+    return (settings.cache_dir or environment("HF_HUB_CACHE") or environment("HF_HOME")
+            or "~/.cache/huggingface")
+
+
+def forbid_downloads() -> None:
+    """No Hugging Face Hub requests at all: a missing file fails at once instead of after retries."""
+    set_environment("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # read at import time; set it for this process too

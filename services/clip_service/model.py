@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from services.clip_service.config import ClipSettings
+from services.clip_service.config import ClipSettings, forbid_downloads, huggingface_cache
 from services.common.errors import ModelLoadError
 
 log = logging.getLogger("anyanomaly.clip.model")
@@ -97,14 +96,6 @@ def _pick_device(choice: str) -> tuple[str, str]:
     return "cpu", "float32"
 
 
-def _go_offline() -> None:
-    """No Hugging Face Hub requests at all: a missing file fails at once instead of after retries."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from huggingface_hub import constants
-
-    constants.HF_HUB_OFFLINE = True  # read at import time; set it for this process too
-
-
 @contextlib.contextmanager
 def _library_errors_silenced() -> Iterator[None]:
     """Hide what open_clip and huggingface_hub log while they try to fetch weights."""
@@ -120,7 +111,7 @@ def _library_errors_silenced() -> Iterator[None]:
 
 
 def _missing_weights_message(settings: ClipSettings, error: Exception) -> str:
-    cache = settings.cache_dir or os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    cache = huggingface_cache(settings)
     fetch = "downloads are off (offline)" if settings.offline else f"could not be downloaded ({type(error).__name__})"
     return (
         f"clip_service: cannot load CLIP weights {settings.model_name}/{settings.pretrained}: they are not in the "
@@ -155,7 +146,7 @@ def load_clip(settings: ClipSettings) -> ClipModel:
                 "fix ANYANOMALY_CLIP_WEIGHTS (--weights) or unset it to use the cache"
             )
         if settings.offline:
-            _go_offline()
+            forbid_downloads()
         try:
             with _library_errors_silenced():  # our own message below says what to fix
                 model = open_clip.create_model(

@@ -5,6 +5,13 @@ A service's settings are a dataclass whose fields are declared with `setting()`.
 (`--max-batch-size`) whose default comes from an environment variable
 (`ANYANOMALY_CLIP_MAX_BATCH_SIZE`) when set, else from the field's default.
 Flags win over the environment, which wins over defaults. `--help` lists all of them.
+An environment value is checked exactly like the flag (type and allowed values), and a bad
+value of either stops start-up with one line that names the allowed values.
+
+Secrets (`secret()`) are never flags, since flags are visible in `ps`: they come from the
+environment variable or from a file named by the `--<name>-file` flag (or its variable).
+
+This module is the only one that reads (or sets) the process environment.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
@@ -23,6 +31,27 @@ T = TypeVar("T")
 def setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:
     """Declare a settings field with its help text (and optional choices)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def secret(help: str) -> Any:
+    """Declare a secret string: from the environment or a file, never from a flag."""
+    return dataclasses.field(default="", repr=False, metadata={"help": help, "secret": True})
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line (`prog: error: ...`) without the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def set_environment(name: str, value: str) -> None:
+    """Set a variable for this process and its libraries (e.g. HF_HUB_OFFLINE)."""
+    os.environ[name] = value
+
+
+def environment(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
 
 
 @dataclasses.dataclass
@@ -62,6 +91,14 @@ def _base_type(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
     return annotation, None
 
 
+def _convert(raw: str, kind: type, choices: Sequence[str] | None) -> Any:
+    """An environment value checked as argparse checks the flag."""
+    value = _parse_bool(raw) if kind is bool else kind(raw)
+    if choices and str(value) not in choices:
+        raise ValueError(f"use one of {', '.join(choices)}")
+    return value
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -75,8 +112,9 @@ def build_parser(
     cls: type[T], env_prefix: str, description: str, env: Mapping[str, str] | None = None, prog: str | None = None
 ) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
+        allow_abbrev=False,  # "--openai-api-key" must not pass for "--openai-api-key-file"
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=f"Every flag can also be set by an environment variable {env_prefix}_<FLAG_NAME> "
@@ -84,14 +122,21 @@ def build_parser(
     )
     hints = typing.get_type_hints(cls, include_extras=False)
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        env_name = _env_name(env_prefix, field.name)
+        if field.metadata.get("secret"):
+            parser.add_argument(
+                _flag(field.name) + "-file", dest=field.name + "_file", default=env.get(env_name + "_FILE", ""),
+                help=f"a file holding {field.metadata['help']} [env {env_name}_FILE; or the value itself in "
+                f"env {env_name}; never a flag, which `ps` would show]",
+            )
+            continue
         kind, literal_choices = _base_type(hints[field.name])
         choices = field.metadata.get("choices") or literal_choices
-        env_name = _env_name(env_prefix, field.name)
         default = field.default
         if env_name in env:
             raw = env[env_name]
             try:
-                default = _parse_bool(raw) if kind is bool else kind(raw)
+                default = _convert(raw, kind, choices)
             except ValueError as exc:
                 parser.error(f"environment variable {env_name}={raw!r} is invalid: {exc}")
         help_text = f"{field.metadata.get('help', '')} [env {env_name}]"
@@ -117,6 +162,20 @@ def load_settings(
     prog: str | None = None,
 ) -> T:
     """Parse flags (and the environment) into an instance of the settings dataclass."""
+    env = os.environ if env is None else env
     parser = build_parser(cls, env_prefix, description, env, prog)
-    namespace = parser.parse_args(argv)
-    return cls(**vars(namespace))
+    values = vars(parser.parse_args(argv))
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.metadata.get("secret"):
+            values[field.name] = _read_secret(parser, values.pop(field.name + "_file"),
+                                              env.get(_env_name(env_prefix, field.name), ""))
+    return cls(**values)
+
+
+def _read_secret(parser: argparse.ArgumentParser, path: str, from_env: str) -> str:
+    if not path:
+        return from_env.strip()
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        parser.error(f"cannot read the secret file {path}: {exc.strerror}")

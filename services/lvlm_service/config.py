@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.config import ServerSettings, load_settings, setting
+from services.common.config import ServerSettings, load_settings, secret, setting
 
 ENV_PREFIX = "ANYANOMALY_LVLM"
 DEFAULT_PORT = 50053
@@ -41,7 +41,7 @@ class LvlmSettings(ServerSettings):
     batch_size: int = setting(8, "transformers backend: prompts per generate() call")
     openai_url: str = setting("", "openai backend: base URL, e.g. http://gpu-node:8000/v1")
     openai_model: str = setting("", "openai backend: the model name the server serves")
-    openai_api_key: str = setting("", "openai backend: bearer token, if the server wants one")
+    openai_api_key: str = secret("the bearer token the openai backend's server wants, if any")
     request_timeout_seconds: float = setting(120.0, "openai backend: limit for one chat-completions request")
     max_concurrency: int = setting(16, "openai backend: requests in flight to the server at once")
     max_queued: int = setting(512, "openai backend: requests that may wait for a slot; beyond that callers get "
