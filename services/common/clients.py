@@ -1,81 +1,163 @@
-"""Client channels between services: message limits, retries for UNAVAILABLE
-declared in the service config, a default deadline on every call, and the
-caller's request id forwarded in the metadata."""
+"""Client channels between services, and the one place a failed call to another service
+becomes a domain error that names it.
+
+A channel has message limits, keepalive (long Detect streams survive idle NAT/proxy timeouts
+and a dead peer is noticed), round-robin balancing over every address of a target (several
+"host:port" separated by commas, or one DNS name with several records), retries for
+UNAVAILABLE declared per method in the gRPC service config (only for idempotent methods; a
+retry goes through the balancer, so with several endpoints it usually lands on another one),
+a per-call timeout capped by the deadline of the RPC being served, and the caller's request
+id forwarded in the metadata.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Callable
-from typing import Any
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
-from services.common.errors import DeadlineExceeded, DependencyUnavailable, InvalidInput, Overloaded, ServiceError
+from services.common.deadlines import remaining
+from services.common.errors import (
+    FAILED_SERVICE_HEADER,
+    DeadlineExceeded,
+    DependencyUnavailable,
+    InvalidInput,
+    Overloaded,
+    ServiceError,
+)
 from services.common.logs import REQUEST_ID_HEADER, current_request_id
 
-DEFAULT_TIMEOUT_SECONDS = 120.0
+T = TypeVar("T")
 
-# Retried by the gRPC library itself (not hand-written loops): transient UNAVAILABLE,
-# e.g. a pod restarting or a service still loading its model.
-RETRY_SERVICE_CONFIG = {
-    "methodConfig": [
-        {
-            "name": [{}],
-            "retryPolicy": {
-                "maxAttempts": 4,
-                "initialBackoff": "0.2s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
+DEFAULT_TIMEOUT_SECONDS = 120.0
+KEEPALIVE_SECONDS = 30.0  # the servers accept pings this often (services/common/server.py)
+
+# Methods that change nothing, so a second attempt is always safe. Anything not listed
+# (e.g. a future SubmitJob) is never retried by the channel.
+IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
+    "anyanomaly.v1.ClipService": ("EmbedTexts", "EmbedImages", "SelectKeyFrames", "GetModelInfo"),
+    "anyanomaly.v1.ContextService": ("BuildContexts",),
+    "anyanomaly.v1.LvlmService": ("Score", "GetModelInfo"),
+    "anyanomaly.v1.Orchestrator": ("Detect",),
+    "grpc.health.v1.Health": ("Check",),
+}
+RETRY_POLICY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.2s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
 }
 
 
-def _details_with_request_id(details: grpc.aio.ClientCallDetails, default_timeout: float) -> Any:
+def service_config() -> dict[str, Any]:
+    """Round-robin over the target's addresses; retries for the idempotent methods only."""
+    return {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {"name": [{"service": service, "method": method} for method in methods], "retryPolicy": RETRY_POLICY}
+            for service, methods in IDEMPOTENT_METHODS.items()
+        ],
+    }
+
+
+def channel_target(address: str) -> str:
+    """The gRPC target for "host:port", a comma-separated list of them (one channel balancing
+    over all), or anything gRPC understands already ("dns:///name:port", "unix:...")."""
+    if "," not in address:
+        return address
+    hosts = []
+    for part in (p.strip() for p in address.split(",") if p.strip()):
+        host, _, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ValueError(f"{part!r} in {address!r} is not host:port")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), socket.AF_INET)[0][4][0])
+            except OSError as exc:
+                raise ValueError(f"cannot resolve {host!r} in {address!r}: {exc}") from exc
+        hosts.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    scheme = "ipv6" if all(h.startswith("[") for h in hosts) else "ipv4"
+    if any(h.startswith("[") for h in hosts) and scheme == "ipv4":
+        raise ValueError(f"{address!r} mixes IPv4 and IPv6 addresses; use one family")
+    return f"{scheme}:{','.join(hosts)}"
+
+
+def channel_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SECONDS) -> list[tuple[str, Any]]:
+    size = max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.enable_retries", 1),
+        # A request larger than the retry buffer commits at once and is never retried (the
+        # default is 256 KiB; a segment's 24 frames are megabytes).
+        ("grpc.per_rpc_retry_buffer_size", size),
+        ("grpc.service_config", json.dumps(service_config())),
+        ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream that waits for its next result
+    ]
+
+
+def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout: float | None) -> Any:
     metadata = list(details.metadata or [])
     request_id = current_request_id()
     if request_id and not any(key == REQUEST_ID_HEADER for key, _ in metadata):
         metadata.append((REQUEST_ID_HEADER, request_id))
-    timeout = details.timeout if details.timeout is not None else default_timeout
+    timeout = remaining(details.timeout if details.timeout is not None else default_timeout)
     return grpc.aio.ClientCallDetails(
         details.method, timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
     )
 
 
 class _CallDefaults(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, default_timeout: float) -> None:
+    def __init__(self, default_timeout: float | None) -> None:
         self._timeout = default_timeout
 
     async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return await continuation(_details_with_request_id(details, self._timeout), request)
+        return await continuation(_with_defaults(details, self._timeout), request)
 
     async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return await continuation(_details_with_request_id(details, self._timeout), request)
+        return await continuation(_with_defaults(details, self._timeout), request)
 
 
 def open_channel(
-    address: str, max_message_mb: int = 64, default_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    address: str, max_message_mb: int = 64, default_timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
 ) -> grpc.aio.Channel:
-    size = max_message_mb * 1024 * 1024
-    options = [
-        ("grpc.max_receive_message_length", size),
-        ("grpc.max_send_message_length", size),
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
-    ]
-    return grpc.aio.insecure_channel(address, options=options, interceptors=[_CallDefaults(default_timeout)])
+    return grpc.aio.insecure_channel(
+        channel_target(address), options=channel_options(max_message_mb, keepalive_seconds),
+        interceptors=[_CallDefaults(default_timeout)],
+    )
 
 
 def dependency_error(dependency: str, error: grpc.aio.AioRpcError) -> ServiceError:
-    """A domain error for a failed call to another service, naming that service."""
+    """A domain error for a failed call to another service, naming that service (or the service
+    it names as the culprit, when the failure started further down)."""
     message = f"{dependency}: {error.details() or error.code().name}"
     code = error.code()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInput(message)
+    failed = next((str(v) for k, v in error.trailing_metadata() or () if k == FAILED_SERVICE_HEADER), dependency)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return Overloaded(message)
+        return Overloaded(message, service=failed)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(message)
-    return DependencyUnavailable(f"{message} ({code.name})")
+        return DeadlineExceeded(message, service=failed)
+    return DependencyUnavailable(f"{message} ({code.name})", service=failed)
+
+
+async def call_dependency(dependency: str, rpc: Callable[..., Awaitable[T]], request: Any,
+                          timeout: float | None = None) -> T:
+    """`await rpc(request)`; a failure becomes the domain error that names `dependency`."""
+    try:
+        return await rpc(request, timeout=timeout)
+    except grpc.aio.AioRpcError as error:
+        raise dependency_error(dependency, error) from error
+

@@ -64,6 +64,8 @@ class ServerSettings:
     max_message_mb: int = setting(64, "largest request or response message in MiB")
     max_concurrent_rpcs: int = setting(64, "RPCs served at once; more are refused with RESOURCE_EXHAUSTED")
     grace_seconds: float = setting(30.0, "on SIGTERM, how long in-flight RPCs may take to finish")
+    keepalive_seconds: float = setting(30.0, "HTTP/2 keepalive ping interval of this service's client channels; "
+                                       "the server accepts client pings down to a third of it")
     metrics_port: int = setting(0, "serve Prometheus metrics on this port; 0 disables")
     log_level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "log line format", choices=("json", "text"))

@@ -5,10 +5,28 @@ from __future__ import annotations
 import grpc
 
 
+def echo(value: object, limit: int = 60) -> str:
+    """`value` quoted for an error message, cut short: a message must not carry kilobytes of
+    the caller's input back (status details travel in a size-limited header)."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(str(value))} characters)"
+
+
+# Trailing metadata naming the service whose failure ended an RPC (the culprit a client reports).
+FAILED_SERVICE_HEADER = "x-anyanomaly-failed-service"
+
+
 class ServiceError(Exception):
-    """Base class of errors a caller should see with a specific status code."""
+    """Base class of errors a caller should see with a specific status code. `service` names
+    another service that caused the failure (sent back in FAILED_SERVICE_HEADER)."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, service: str = "") -> None:
+        super().__init__(message)
+        self.service = service
 
 
 class InvalidInput(ServiceError):

@@ -1,5 +1,10 @@
-"""Server interceptor: request ids, structured access logs, metrics, and the one
-place where domain errors become gRPC status codes."""
+"""Server interceptor: request ids, the caller's deadline, structured access logs, metrics,
+and the one place where domain errors become gRPC status codes.
+
+Nothing is sent to the client before the handler has decided the outcome: response headers
+commit a call, and a committed call is never retried by the client's retry policy. The
+request id therefore travels back in the trailing metadata.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from services.common.errors import ServiceError
+from services.common.deadlines import reset_deadline, set_deadline
+from services.common.errors import FAILED_SERVICE_HEADER, InvalidInput, ServiceError
 from services.common.logs import (
     REQUEST_ID_HEADER,
     new_request_id,
@@ -28,18 +34,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 RPC_TOTAL = Counter("anyanomaly_rpc_total", "RPCs served", ["service", "method", "code"])
 RPC_SECONDS = Histogram("anyanomaly_rpc_seconds", "RPC latency", ["service", "method"])
 
-# Status codes a dependency's failure keeps; any other failure is reported as UNAVAILABLE.
-_KEPT_DEPENDENCY_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.CANCELLED,
-}
-
-
-def dependency_status(error: grpc.aio.AioRpcError) -> grpc.StatusCode:
-    code: grpc.StatusCode = error.code()
-    return code if code in _KEPT_DEPENDENCY_CODES else grpc.StatusCode.UNAVAILABLE
+MAX_DETAILS_CHARS = 1000  # status details travel in a header; 8 kB would be refused
 
 
 def _request_id(context: Context) -> str:
@@ -49,42 +44,81 @@ def _request_id(context: Context) -> str:
     return new_request_id()
 
 
+def _shortened(message: str) -> str:
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    return message[: MAX_DETAILS_CHARS - 40] + f"... ({len(message)} characters in all)"
+
+
+class Malformed:
+    """A request whose bytes are not the method's protobuf message (decoded to this marker so
+    that the interceptor, not the library, answers it)."""
+
+    def __init__(self, message_type: str, error: Exception) -> None:
+        self.message = (f"the request is not a valid {message_type} message ({error}); check that the client "
+                        "uses this service's contract")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    message_type = getattr(getattr(deserializer, "__self__", None), "__name__", "protobuf")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends; answered below
+            return Malformed(message_type, exc)
+
+    return deserialize
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Malformed):
+            raise InvalidInput(request.message)
+        yield request
+
+
 class _Call:
-    """Bookkeeping for one RPC: request id, timing, outcome, error mapping."""
+    """Bookkeeping for one RPC: request id, deadline, timing, outcome, error mapping."""
 
     def __init__(self, service: str, method: str, context: Context) -> None:
         self.service, self.method, self.context = service, method, context
         self.request_id = _request_id(context)
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
+        self._tokens: tuple[Any, Any] | None = None
 
-    async def begin(self) -> Any:
-        token = set_request_id(self.request_id)
-        await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
-        return token
+    def begin(self, request: Any) -> None:
+        """Make the request id and the caller's deadline current; refuse a malformed request."""
+        self.context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
+        self._tokens = (set_request_id(self.request_id), set_deadline(self.context.time_remaining()))
+        if isinstance(request, Malformed):
+            raise InvalidInput(request.message)
 
     async def fail(self, exc: BaseException) -> None:
         """Abort the RPC with the status that `exc` maps to (always raises)."""
+        trailer = [(REQUEST_ID_HEADER, self.request_id)]
         if isinstance(exc, ServiceError):
-            self.code, message = exc.code, str(exc)
+            self.code, message = exc.code, _shortened(str(exc))
+            if exc.service:
+                trailer.append((FAILED_SERVICE_HEADER, exc.service))
             log.warning("rpc failed", extra={"method": self.method, "code": self.code.name, "error": message})
-        elif isinstance(exc, grpc.aio.AioRpcError):
-            self.code = dependency_status(exc)
-            message = f"a dependency failed ({exc.code().name}): {exc.details()}"
-            log.warning("dependency failed", extra={"method": self.method, "code": self.code.name,
-                                                    "error": message})
         else:
             self.code = grpc.StatusCode.INTERNAL
             message = f"internal error (request id {self.request_id}); see the service log"
             log.error("rpc crashed", exc_info=exc, extra={"method": self.method})
-        await self.context.abort(self.code, message)
+        await self.context.abort(self.code, message, tuple(trailer))
 
-    def end(self, token: Any) -> None:
+    def end(self) -> None:
         elapsed = time.perf_counter() - self.started
         RPC_TOTAL.labels(self.service, self.method, self.code.name).inc()
         RPC_SECONDS.labels(self.service, self.method).observe(elapsed)
         log.info("rpc", extra={"method": self.method, "code": self.code.name, "ms": round(elapsed * 1000, 1)})
-        reset_request_id(token)
+        if self._tokens is not None:
+            reset_request_id(self._tokens[0])
+            reset_deadline(self._tokens[1])
 
 
 if TYPE_CHECKING:
@@ -107,38 +141,29 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith("/grpc."):
             return handler
         wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            wrap(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
+        behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                    or handler.stream_stream)
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(handler.request_streaming, handler.response_streaming)]
+        return make(
+            wrap(behavior, method, handler.request_streaming),
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap_unary(self, behavior: Callable[..., Any] | None, method: str) -> Callable[..., Any]:
+    def _wrap_unary(self, behavior: Callable[..., Any] | None, method: str, streaming_in: bool
+                    ) -> Callable[..., Any]:
         assert behavior is not None
 
         async def unary(request: Any, context: Context) -> Any:
             call = _Call(self._service, method, context)
-            token = await call.begin()
             try:
-                return await behavior(request, context)
+                call.begin(None if streaming_in else request)
+                return await behavior(_checked(request) if streaming_in else request, context)
             except (grpc.aio.AbortError, GeneratorExit):
                 raise
             except asyncio.CancelledError:
@@ -147,21 +172,22 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - mapped to a status and logged, never hidden
                 await call.fail(exc)
             finally:
-                call.end(token)
+                call.end()
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., Any] | None, method: str) -> Callable[..., Any]:
+    def _wrap_stream(self, behavior: Callable[..., Any] | None, method: str, streaming_in: bool
+                     ) -> Callable[..., Any]:
         assert behavior is not None
         if not inspect.isasyncgenfunction(behavior):
             # A streaming handler written with context.write(): a plain coroutine.
-            return self._wrap_unary(behavior, method)
+            return self._wrap_unary(behavior, method, streaming_in)
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             call = _Call(self._service, method, context)
-            token = await call.begin()
             try:
-                async for response in behavior(request, context):
+                call.begin(None if streaming_in else request)
+                async for response in behavior(_checked(request) if streaming_in else request, context):
                     yield response
             except (grpc.aio.AbortError, GeneratorExit):
                 raise
@@ -171,6 +197,6 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - mapped to a status and logged, never hidden
                 await call.fail(exc)
             finally:
-                call.end(token)
+                call.end()
 
         return stream

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, echo
 
 
 @dataclass(frozen=True)
@@ -39,5 +39,5 @@ def get_preset(name: str) -> DatasetPreset:
     """The preset called `name` ("" means the default); InvalidInput for unknown names."""
     key = (name or DEFAULT_PRESET).strip().lower()
     if key not in PRESETS:
-        raise InvalidInput(f"unknown preset {name!r}; use one of: {', '.join(PRESETS)}")
+        raise InvalidInput(f"unknown preset {echo(name)}; use one of: {', '.join(PRESETS)}")
     return PRESETS[key]

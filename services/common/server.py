@@ -24,6 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from services.common.clients import KEEPALIVE_SECONDS
 from services.common.config import ServerSettings
 from services.common.errors import ModelLoadError
 from services.common.interceptors import ServiceInterceptor
@@ -88,12 +89,19 @@ class RunningServer:
         log.info("stopped")
 
 
-def server_options(max_message_mb: int) -> list[tuple[str, int]]:
+def server_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SECONDS) -> list[tuple[str, int]]:
     size = max_message_mb * 1024 * 1024
     return [
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
+        # Keepalive: ping idle clients (a vanished caller frees its work) and accept the clients'
+        # own pings (services/common/clients.py) on long, quiet streams.
+        ("grpc.keepalive_time_ms", int(2 * keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(keepalive_seconds * 1000 / 3)),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
 
 
@@ -101,7 +109,7 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
     """Bind and start the server; readiness follows asynchronously (see RunningServer)."""
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(spec.name)],
-        options=server_options(settings.max_message_mb),
+        options=server_options(settings.max_message_mb, settings.keepalive_seconds),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     spec.register(server)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import grpc
 import numpy as np
 from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 
-from services.common.clients import dependency_error, open_channel
+from services.common.clients import KEEPALIVE_SECONDS, call_dependency, open_channel
 from services.common.tensors import from_tensor
 from services.common.windows import WindowGrid
 
 
 class ClipClient:
-    def __init__(self, address: str, timeout_seconds: float, max_message_mb: int = 64) -> None:
+    def __init__(self, address: str, timeout_seconds: float, max_message_mb: int = 64,
+                 keepalive_seconds: float = KEEPALIVE_SECONDS) -> None:
         self.address = address
         self._timeout = timeout_seconds
-        self._channel = open_channel(address, max_message_mb, default_timeout=timeout_seconds)
+        self._channel = open_channel(address, max_message_mb, timeout_seconds, keepalive_seconds)
         self._stub = clip_pb2_grpc.ClipServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -32,10 +32,7 @@ class ClipClient:
             preprocess=clip_pb2.PREPROCESS_SQUASH_NORMALIZED if normalize else clip_pb2.PREPROCESS_SQUASH,
             windows=[clip_pb2.WindowGrid(size=size, stride=stride) for size, stride in specs],
         )
-        try:
-            response = await self._stub.EmbedImages(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("clip_service", error) from error
+        response = await call_dependency("clip_service", self._stub.EmbedImages, request, self._timeout)
         grids = [WindowGrid(g.size, g.stride, g.rows, g.cols, g.offset) for g in response.layouts]
         return from_tensor(response.embeddings), grids
 
@@ -45,18 +42,11 @@ class ClipClient:
             images=[common_pb2.Image(data=data) for data in images],
             preprocess=clip_pb2.PREPROCESS_SQUASH_NORMALIZED if normalize else clip_pb2.PREPROCESS_SQUASH,
         )
-        try:
-            response = await self._stub.EmbedImages(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("clip_service", error) from error
+        response = await call_dependency("clip_service", self._stub.EmbedImages, request, self._timeout)
         return from_tensor(response.embeddings)
 
     async def embed_texts(self, texts: Sequence[str], template_ensemble: bool) -> np.ndarray:
         encoding = clip_pb2.TEXT_ENCODING_TEMPLATE_ENSEMBLE if template_ensemble else clip_pb2.TEXT_ENCODING_RAW
-        try:
-            response = await self._stub.EmbedTexts(
-                clip_pb2.EmbedTextsRequest(texts=list(texts), encoding=encoding), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("clip_service", error) from error
+        request = clip_pb2.EmbedTextsRequest(texts=list(texts), encoding=encoding)
+        response = await call_dependency("clip_service", self._stub.EmbedTexts, request, self._timeout)
         return from_tensor(response.embeddings)

@@ -11,7 +11,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from services.common.errors import InvalidInput, NotReady
+from services.common.errors import InvalidInput, NotReady, echo
 from services.common.images import decode_image, encode_png
 from services.common.validation import validate_texts
 from services.common.windows import WindowGrid
@@ -118,11 +118,11 @@ class ContextEngine:
         used: set[int] = set()
         for position, query in enumerate(queries):
             if len(query.key_frames) != 4:
-                raise InvalidInput(f"queries[{position}] ({query.text!r}) has {len(query.key_frames)} key frames; "
+                raise InvalidInput(f"queries[{position}] ({echo(query.text)}) has {len(query.key_frames)} key frames; "
                                    "the temporal context needs exactly 4")
             for index in (*query.key_frames, query.representative):
                 if not 0 <= index < len(frames):
-                    raise InvalidInput(f"queries[{position}] ({query.text!r}) refers to frame {index}, but only "
+                    raise InvalidInput(f"queries[{position}] ({echo(query.text)}) refers to frame {index}, but only "
                                        f"{len(frames)} frames were sent (indices 0..{len(frames) - 1})")
             used.update(query.key_frames)
             used.add(query.representative)

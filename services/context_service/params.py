@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, echo
 from services.common.presets import DatasetPreset, get_preset
 from services.common.windows import strides_for
 
@@ -65,7 +65,7 @@ def resolve_params(
     temporal_selection: TemporalSelection = TemporalSelection.MAX_WINDOW,
 ) -> ContextParams:
     if profile not in PROFILES:
-        raise InvalidInput(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
+        raise InvalidInput(f"unknown profile {echo(profile)}; use one of: {', '.join(PROFILES)}")
     base = PROFILES[profile]
     resolved_preset = get_preset(preset)
     sizes = tuple(window_sizes) or resolved_preset.window_sizes

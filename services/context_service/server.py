@@ -72,7 +72,8 @@ def build_service(settings: ContextSettings) -> tuple[ServiceSpec, ContextEngine
     engine = ContextEngine(settings)
 
     async def connect() -> None:  # channels belong to the running event loop
-        engine.attach(ClipClient(settings.clip_address, settings.clip_timeout_seconds, settings.max_message_mb))
+        engine.attach(ClipClient(settings.clip_address, settings.clip_timeout_seconds, settings.max_message_mb,
+                                 settings.keepalive_seconds))
 
     spec = ServiceSpec(
         name="context_service",

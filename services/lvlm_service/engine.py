@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, echo
 from services.common.images import header_size, image_format
 from services.common.presets import get_preset
 from services.common.validation import validate_texts
@@ -275,5 +275,5 @@ def _read_multi(completion: Completion, texts: Sequence[str]) -> dict[str, Parse
         elif isinstance(entry, int | float) and not isinstance(entry, bool):
             outcome[text] = Parsed(min(1.0, max(0.0, float(entry))), "", True)
         else:
-            outcome[text] = Parsed(0.0, "", False, f"the answer has no score for {text!r}")
+            outcome[text] = Parsed(0.0, "", False, f"the answer has no score for {echo(text)}")
     return outcome

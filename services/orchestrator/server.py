@@ -103,7 +103,8 @@ def build_service(settings: OrchestratorSettings) -> ServiceSpec:
 
     async def connect() -> None:  # channels belong to the running event loop
         detector.attach(ServiceClients(settings.clip_address, settings.context_address, settings.lvlm_address,
-                                       settings.rpc_timeout_seconds, settings.max_message_mb))
+                                       settings.rpc_timeout_seconds, settings.max_message_mb,
+                                       settings.keepalive_seconds))
 
     return ServiceSpec(
         name="orchestrator",

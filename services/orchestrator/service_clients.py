@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
 from anyanomaly.v1 import (
     clip_pb2,
     clip_pb2_grpc,
@@ -16,7 +15,7 @@ from anyanomaly.v1 import (
     lvlm_pb2_grpc,
 )
 
-from services.common.clients import dependency_error, open_channel
+from services.common.clients import KEEPALIVE_SECONDS, call_dependency, open_channel
 
 
 @dataclass(frozen=True)
@@ -53,9 +52,11 @@ class StreamScore:
 
 
 class ServiceClients:
-    def __init__(self, clip: str, context: str, lvlm: str, timeout_seconds: float, max_message_mb: int = 64) -> None:
+    def __init__(self, clip: str, context: str, lvlm: str, timeout_seconds: float, max_message_mb: int = 64,
+                 keepalive_seconds: float = KEEPALIVE_SECONDS) -> None:
         self._timeout = timeout_seconds
-        self._channels = [open_channel(a, max_message_mb, timeout_seconds) for a in (clip, context, lvlm)]
+        self._channels = [open_channel(a, max_message_mb, timeout_seconds, keepalive_seconds)
+                          for a in (clip, context, lvlm)]
         self._clip = clip_pb2_grpc.ClipServiceStub(self._channels[0])
         self._context = context_pb2_grpc.ContextServiceStub(self._channels[1])
         self._lvlm = lvlm_pb2_grpc.LvlmServiceStub(self._channels[2])
@@ -66,14 +67,8 @@ class ServiceClients:
 
     async def model_infos(self) -> tuple[common_pb2.ModelInfo, common_pb2.ModelInfo]:
         request = common_pb2.GetModelInfoRequest()
-        try:
-            clip = await self._clip.GetModelInfo(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("clip_service", error) from error
-        try:
-            lvlm = await self._lvlm.GetModelInfo(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("lvlm_service", error) from error
+        clip = await call_dependency("clip_service", self._clip.GetModelInfo, request, self._timeout)
+        lvlm = await call_dependency("lvlm_service", self._lvlm.GetModelInfo, request, self._timeout)
         return clip, lvlm
 
     async def select_key_frames(
@@ -84,10 +79,7 @@ class ServiceClients:
             frames=[common_pb2.Image(data=f) for f in frames], texts=list(texts), strategy=strategy, seed=seed,
             joint=joint,
         )
-        try:
-            response = await self._clip.SelectKeyFrames(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("clip_service", error) from error
+        response = await call_dependency("clip_service", self._clip.SelectKeyFrames, request, self._timeout)
         choices = [KeyFrameChoice(s.text, s.representative, tuple(s.key_frames)) for s in response.selections]
         shared = None
         if joint:
@@ -112,17 +104,12 @@ class ServiceClients:
             ],
             options=options,
         )
-        try:
-            response = await self._context.BuildContexts(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("context_service", error) from error
+        response = await call_dependency("context_service", self._context.BuildContexts, request, self._timeout)
         return [TextContexts(c.position_context.data, c.temporal_context.data) for c in response.contexts]
 
     async def _score(self, items: list[lvlm_pb2.ScoreItem], options: lvlm_pb2.ScoreOptions) -> lvlm_pb2.ScoreResponse:
-        try:
-            return await self._lvlm.Score(lvlm_pb2.ScoreRequest(items=items, options=options), timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("lvlm_service", error) from error
+        request = lvlm_pb2.ScoreRequest(items=items, options=options)
+        return await call_dependency("lvlm_service", self._lvlm.Score, request, self._timeout)
 
     async def score(
         self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], contexts: Sequence[TextContexts],

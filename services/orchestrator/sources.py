@@ -15,7 +15,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from services.common.errors import InvalidInput, PermissionDenied
+from services.common.errors import InvalidInput, PermissionDenied, echo
 from services.common.images import decode_image, encode_jpeg, encode_png, header_size, image_format
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -58,8 +58,8 @@ class VideoSource:
     def __init__(self, location: str, kind: str, encoding: FrameEncoding) -> None:
         self._capture = cv2.VideoCapture(location)
         if not self._capture.isOpened():
-            raise InvalidInput(f"cannot open {location!r} as a video: OpenCV could not read it (unsupported or "
-                               "corrupt file, or an unreachable stream)")
+            raise InvalidInput(f"cannot open {echo(location, 200)} as a video: OpenCV could not read it "
+                               "(unsupported or corrupt file, or an unreachable stream)")
         self._encoding = encoding
         self._read = 0
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -133,7 +133,7 @@ def open_source(
 ) -> FrameSource:
     if uri:
         if not uri.lower().startswith(STREAM_SCHEMES):
-            raise InvalidInput(f"unsupported stream URI {uri!r}; use one of {', '.join(STREAM_SCHEMES)}")
+            raise InvalidInput(f"unsupported stream URI {echo(uri, 200)}; use one of {', '.join(STREAM_SCHEMES)}")
         return VideoSource(uri, "stream", encoding)
     location = path or frame_folder
     if not location:
