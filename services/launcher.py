@@ -1,9 +1,14 @@
 """The embedded single-machine stack: the four services as child processes on this
 machine, each started through its own entry point (`python -m services.<name>`).
 
-Used by `anyanomaly serve` and by `anyanomaly detect` without `--address`. Ports are
-picked by the services (port 0) and read from their "listening" log line; readiness
-is the standard gRPC health status, watched (not polled) until SERVING.
+Used by `anyanomaly serve` and by `anyanomaly detect` / `eval` without `--address`.
+Each service picks its port (port 0) and writes it to a port file; readiness is the
+standard gRPC health status, watched (not polled) until SERVING.
+
+The children never outlive this process: each runs in a process group of its own (stopped
+as a group, grandchildren included; a terminal's Ctrl-C reaches only the launcher, which
+stops them in order) and is told this process's id (`--parent-pid`), so the kernel kills it
+when this process dies, even by SIGKILL (services/common/lifeline.py).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,10 +31,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.clients import open_channel
 
 START_TIMEOUT_SECONDS = 600.0  # the default models may be loaded from a cold disk
+PORT_FILE_POLL_SECONDS = 0.05
 
 
 class StackError(RuntimeError):
-    """A service of the embedded stack could not start; the message says which and why."""
+    """A service of the embedded stack could not start or died; the message says which and why."""
+
+    def __init__(self, message: str, service: str = "") -> None:
+        super().__init__(message)
+        self.service = service
+
+
+def dial_host(bind_host: str) -> str:
+    """The address to reach a service bound to `bind_host` from this machine."""
+    if bind_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind_host in ("::", "[::]"):
+        return "[::1]"
+    return f"[{bind_host}]" if ":" in bind_host and not bind_host.startswith("[") else bind_host
 
 
 @dataclass(frozen=True)
@@ -46,14 +66,16 @@ class StackOptions:
 class ServiceProcess:
     name: str
     process: asyncio.subprocess.Process
+    port_file: Path
+    host: str
     log_file: IO[str] | None
-    port: asyncio.Future[int]
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     reader: asyncio.Task[None] | None = None
+    port: int = 0
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port.result()}"
+        return f"{self.host}:{self.port}"
 
     def last_error(self) -> str:
         for line in reversed(self.last_lines):
@@ -61,12 +83,18 @@ class ServiceProcess:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if entry.get("level") in ("error", "critical"):
+            if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
                 return str(entry.get("msg"))
         return self.last_lines[-1] if self.last_lines else "no output"
 
+    def exit_reason(self) -> str:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}: {self.last_error()}"
+
     async def pump(self) -> None:
-        """Read the service's log lines: the port from 'listening', the rest to the log file."""
+        """Keep the service's last log lines (for error messages) and copy them to the log file."""
         assert self.process.stderr is not None
         async for raw in self.process.stderr:
             line = raw.decode(errors="replace").rstrip()
@@ -74,19 +102,29 @@ class ServiceProcess:
             if self.log_file is not None:
                 self.log_file.write(line + "\n")
                 self.log_file.flush()
-            if not self.port.done():
-                with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
-                    entry = json.loads(line)
-                    if entry["msg"] == "listening":
-                        self.port.set_result(int(entry["port"]))
-        if not self.port.done():
-            self.port.set_exception(StackError(f"{self.name} exited before listening: {self.last_error()}"))
+
+    async def listening(self) -> None:
+        """Wait for the service's port file (written once it listens); fail if it exits first."""
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
+        while not self.port_file.exists():
+            if self.process.returncode is not None:
+                await self._drained()
+                raise StackError(f"{self.name} exited before listening ({self.exit_reason()})", self.name)
+            if asyncio.get_running_loop().time() > deadline:
+                raise StackError(f"{self.name} did not listen within {START_TIMEOUT_SECONDS:g} s", self.name)
+            await asyncio.sleep(PORT_FILE_POLL_SECONDS)
+        self.port = int(self.port_file.read_text())
+
+    async def _drained(self) -> None:
+        if self.reader is not None:
+            await self.reader
 
 
 class EmbeddedStack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.services: dict[str, ServiceProcess] = {}
+        self._ports = Path(tempfile.mkdtemp(prefix="anyanomaly-ports-"))
 
     @property
     def orchestrator_address(self) -> str:
@@ -95,18 +133,24 @@ class EmbeddedStack:
     def addresses(self) -> dict[str, str]:
         return {name: service.address for name, service in self.services.items()}
 
+    def dead_services(self) -> list[str]:
+        """'name (why)' for each service that has exited."""
+        return [f"{s.name} ({s.exit_reason()})" for s in self.services.values() if s.process.returncode is not None]
+
     async def _spawn(self, name: str, args: Sequence[str], port: int = 0) -> ServiceProcess:
         log_file = None
         if self.options.log_dir is not None:
             self.options.log_dir.mkdir(parents=True, exist_ok=True)
             log_file = (self.options.log_dir / f"{name}.log").open("a")
+        port_file = self._ports / f"{name}.port"
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{name}", "--host", self.options.host, "--port", str(port),
+            "--port-file", str(port_file), "--parent-pid", str(os.getpid()),
             "--log-format", "json", "--profile", self.options.profile, *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
         )
-        service = ServiceProcess(name, process, log_file, asyncio.get_running_loop().create_future())
+        service = ServiceProcess(name, process, port_file, dial_host(self.options.host), log_file)
         service.reader = asyncio.create_task(service.pump())
         self.services[name] = service
         return service
@@ -123,9 +167,8 @@ class EmbeddedStack:
             if serving not in done:
                 serving.cancel()
                 watch.cancel()
-                assert service.reader is not None
-                await service.reader
-                raise StackError(f"{service.name} failed to start: {service.last_error()}")
+                await service._drained()
+                raise StackError(f"{service.name} failed to start ({service.exit_reason()})", service.name)
             exited.cancel()
             serving.result()
 
@@ -146,35 +189,43 @@ class EmbeddedStack:
             else:
                 lvlm_args = ["--backend", "transformers", "--models", options.models]
             lvlm = await self._spawn("lvlm_service", lvlm_args)
-            clip_port = await clip.port
-            context = await self._spawn("context_service", ["--clip-address", f"127.0.0.1:{clip_port}"])
-            addresses = [f"127.0.0.1:{await s.port}" for s in (clip, context, lvlm)]
+            await clip.listening()
+            context = await self._spawn("context_service", ["--clip-address", clip.address])
+            await asyncio.gather(context.listening(), lvlm.listening())
             orchestrator = await self._spawn(
                 "orchestrator",
-                ["--clip-address", addresses[0], "--context-address", addresses[1], "--lvlm-address", addresses[2]],
+                ["--clip-address", clip.address, "--context-address", context.address, "--lvlm-address",
+                 lvlm.address],
                 port=options.orchestrator_port,
             )
-            await orchestrator.port
+            await orchestrator.listening()
             await asyncio.gather(*(self._until_serving(s) for s in self.services.values()))
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
-        """SIGTERM every service (they drain), then wait; kill what does not exit in time."""
+        """SIGTERM every service's process group (they drain), then wait; kill what does not
+        exit in time. Safe to call more than once, and when a service has died already."""
         for service in reversed(list(self.services.values())):
             if service.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    service.process.send_signal(signal.SIGTERM)
+                _signal_group(service.process, signal.SIGTERM)
         for service in self.services.values():
             try:
                 await asyncio.wait_for(service.process.wait(), grace_seconds)
             except TimeoutError:
-                service.process.kill()
+                _signal_group(service.process, signal.SIGKILL)
                 await service.process.wait()
-            if service.reader is not None:
-                await service.reader
-            if service.log_file is not None:
+            await service._drained()
+            if service.log_file is not None and not service.log_file.closed:
                 service.log_file.close()
-            if not service.port.done():
-                service.port.cancel()
+        for port_file in self._ports.glob("*.port"):
+            port_file.unlink()
+        with contextlib.suppress(OSError):
+            self._ports.rmdir()
+
+
+def _signal_group(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """Signal the service and everything it started (its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)

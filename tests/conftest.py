@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from services.common.images import encode_png
 from services.common.server import RunningServer
 from tests.helpers.fake_openai_server import FakeOpenAIServer
 from tests.helpers.fixtures import avenue_clip, read_video_frames
-from tests.helpers.stack import Stack, start_clip, start_context, start_stack
+from tests.helpers.scripted_lvlm import ScriptedLVLM
+from tests.helpers.stack import Stack, lvlm_settings, start_clip, start_context, start_stack
 
 
 @pytest_asyncio.fixture
@@ -53,3 +55,26 @@ def fake() -> Iterator[FakeOpenAIServer]:
     """An OpenAI-compatible test server standing in for `vllm serve` (which needs a GPU)."""
     with FakeOpenAIServer() as server:
         yield server
+
+
+@dataclass
+class Scripted:
+    """The four real services, with lvlm_service's openai backend in front of a ScriptedLVLM."""
+
+    stack: Stack
+    lvlm: ScriptedLVLM
+    server: FakeOpenAIServer
+
+    @property
+    def address(self) -> str:
+        return self.stack.orchestrator.address
+
+
+@pytest_asyncio.fixture
+async def scripted() -> AsyncIterator[Scripted]:
+    answers = ScriptedLVLM()
+    with FakeOpenAIServer(answer=answers) as server:
+        stack = await start_stack(lvlm_settings(backend="openai", openai_url=server.url, openai_model=server.model,
+                                                retry_backoff_seconds=0.01))
+        yield Scripted(stack, answers, server)
+        await stack.shutdown()

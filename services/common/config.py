@@ -61,6 +61,8 @@ class ServerSettings:
     host: str = setting("0.0.0.0", "address to bind")
     port: int = setting(0, "port to bind; 0 picks a free port (the bound port is logged)")
     port_file: str = setting("", "write the bound port to this file once listening (for launchers)")
+    parent_pid: int = setting(0, "die with this process (set by launchers: the service is killed when its "
+                              "launcher dies, even by SIGKILL); 0: no launcher")
     max_message_mb: int = setting(64, "largest request or response message in MiB")
     max_concurrent_rpcs: int = setting(64, "RPCs served at once; more are refused with RESOURCE_EXHAUSTED")
     grace_seconds: float = setting(30.0, "on SIGTERM, how long in-flight RPCs may take to finish")

@@ -28,6 +28,7 @@ from services.common.clients import KEEPALIVE_SECONDS
 from services.common.config import ServerSettings
 from services.common.errors import ModelLoadError
 from services.common.interceptors import ServiceInterceptor
+from services.common.lifeline import die_with_parent
 
 log = logging.getLogger("anyanomaly.server")
 
@@ -127,8 +128,10 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
         raise OSError(f"cannot bind {settings.host}:{settings.port}: {exc}; choose another --port") from exc
     await server.start()
     log.info("listening", extra={"host": settings.host, "port": port})
-    if settings.port_file:
-        Path(settings.port_file).write_text(f"{port}\n")
+    if settings.port_file:  # written whole, then renamed: a launcher never reads half a number
+        partial = Path(settings.port_file + ".partial")
+        partial.write_text(f"{port}\n")
+        partial.replace(settings.port_file)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
         log.info("metrics", extra={"metrics_port": settings.metrics_port})
@@ -137,6 +140,7 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
 
 async def serve(spec: ServiceSpec, settings: ServerSettings) -> int:
     """Run until SIGTERM or SIGINT; returns the process exit code."""
+    die_with_parent(settings.parent_pid)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
