@@ -36,11 +36,12 @@ def _decimal_expectation(candidates: Candidates) -> float | None:
 def _decimal_after(tokens: Sequence[str], positions: Sequence[Candidates], index: int) -> float:
     """The expected decimal of "0.d" when the greedy path went through "0" at `index`."""
     chosen = tokens[index].strip() if index < len(tokens) else ""
+    expectation = None
     if chosen == "0." and index + 1 < len(positions):
-        return _decimal_expectation(positions[index + 1]) or UNKNOWN_DECIMAL
-    if chosen == "0" and index + 2 < len(positions) and tokens[index + 1].strip() == ".":
-        return _decimal_expectation(positions[index + 2]) or UNKNOWN_DECIMAL
-    return UNKNOWN_DECIMAL
+        expectation = _decimal_expectation(positions[index + 1])
+    elif chosen == "0" and index + 2 < len(positions) and tokens[index + 1].strip() == ".":
+        expectation = _decimal_expectation(positions[index + 2])
+    return UNKNOWN_DECIMAL if expectation is None else expectation  # "0.0" is 0, not unknown
 
 
 def expected_score(tokens: Sequence[str], positions: Sequence[Candidates]) -> float | None:

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2
 
 from services.common.errors import InvalidInput, NotReady
@@ -185,7 +186,10 @@ class Detector:
         """Fast mode scores without reasons; the texts that reach the threshold get their key
         frame's reason from one standard-mode call each."""
         assert params.reason_threshold is not None
-        wanted = [(r.text, r.representative - segment.start) for r in results if r.fused >= params.reason_threshold]
+        # Compared as the caller sees the scores (float32 on the wire), so a text whose reported
+        # score equals the threshold gets its reason.
+        wanted = [(r.text, r.representative - segment.start) for r in results
+                  if np.float32(r.fused) >= np.float32(params.reason_threshold)]
         if not wanted:
             return results, usage
         options = lvlm_pb2.ScoreOptions()

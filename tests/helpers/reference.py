@@ -38,12 +38,33 @@ def ksm(model: ClipModel, preprocess: object, frames: Sequence[np.ndarray], text
     return best, [j * g + best % g for j in range(4)]
 
 
-def _windows(frame: np.ndarray, size: int) -> torch.Tensor:
+def _windows(frame: np.ndarray, size: int, model: ClipModel | None = None) -> torch.Tensor:
+    """Window crops resized to 224; CLIP mean/std normalised when `model` is given (the default
+    profile's fix), raw pixels / 255 otherwise (the reference)."""
     image = cv2.resize(frame, (240, 240)).astype("float32") / 255
     tensor = torch.tensor(image).permute(2, 0, 1).unsqueeze(0).float()
     patches = F.unfold(tensor, kernel_size=(size, size), stride=(size, size))
     patches = patches.permute(0, 2, 1).reshape(-1, 3, size, size)
-    return F.interpolate(patches, size=(224, 224), mode="bilinear")
+    resized = F.interpolate(patches, size=(224, 224), mode="bilinear")
+    if model is None:
+        return resized
+    mean, std = torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)
+    return (resized - mean) / std
+
+
+def attention_map(model: ClipModel, frame: np.ndarray, classes: list[str], text: str, sizes: Sequence[int],
+                  logit_scale: float = 1.0, normalize_windows: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(the fused map before min-max, the min-max normalised map), 224x224: per window the
+    class softmax of logit_scale * cosine, each scale's grid upsampled bilinearly, averaged."""
+    rows = _unit(torch.stack([_encode_text(model, fill_templates(c)).mean(dim=0) for c in classes]))
+    maps = []
+    for size in sizes:
+        side = (240 - size) // size + 1
+        windows = _windows(frame, size, model if normalize_windows else None)
+        sim = (logit_scale * (rows @ _encode_images(model, windows).T)).softmax(dim=0)[classes.index(text)]
+        maps.append(F.interpolate(sim.view(1, 1, side, side), size=(224, 224), mode="bilinear").squeeze())
+    total = (sum(maps[1:], maps[0]) / len(maps)).numpy()
+    return total, (total - total.min()) / (total.max() - total.min())
 
 
 def position_context(

@@ -141,25 +141,38 @@ async def build(address: str, request: context_pb2.BuildContextsRequest) -> cont
         return await context_pb2_grpc.ContextServiceStub(channel).BuildContexts(request)
 
 
-async def test_default_profile_fixes_differ_from_parity(
-    clip_server: tuple[RunningServer, ClipEngine], context_server: RunningServer, avenue21_pngs: list[bytes]
+async def test_the_attention_map_of_each_profile_is_the_one_its_options_define(
+    clip_server: tuple[RunningServer, ClipEngine], context_server: RunningServer, avenue21_frames: list[np.ndarray],
+    avenue21_pngs: list[bytes],
 ) -> None:
-    """The parity quirks (raw-pixel windows, softmax on raw cosines) change the output; the
-    default profile's fixes give a sharper attention map over the same windows."""
-    running, _ = clip_server
+    """Each profile's attention map, recomputed independently (tests/helpers/reference.py) from the
+    same CLIP weights: parity (raw-pixel windows, softmax on raw cosines), parity with only the
+    logit scale fixed, and the default (normalised windows, logit scale 100). The logit scale
+    makes the class softmax a real posterior: the map before min-max spreads far wider."""
+    running, engine = clip_server
     selections = await select(running.address, avenue21_pngs, ["running"])
-    parity = await build(context_server.address,
-                         context_request(avenue21_pngs, selections, profile=common_pb2.PROFILE_PARITY))
-    default = await build(context_server.address, context_request(avenue21_pngs, selections))
-    parity_map = from_tensor(parity.contexts[0].attention_map)
-    default_map = from_tensor(default.contexts[0].attention_map)
-    assert not np.allclose(parity_map, default_map)
-    assert parity.contexts[0].position_context.data != default.contexts[0].position_context.data
-    # Parity on its own windows but with only the logit-scale fix: the raw map's spread grows.
-    request = context_request(avenue21_pngs, selections, profile=common_pb2.PROFILE_PARITY)
-    request.options.attention_logit_scale = 100.0
-    scaled = await build(context_server.address, request)
-    assert from_tensor(scaled.contexts[0].attention_map).std() != pytest.approx(parity_map.std(), rel=1e-3)
+    representative = avenue21_frames[selections.selections[0].representative]
+    classes = list(SHTECH_CLASSES)  # "running" is one of them
+    sizes = (48, 80, 120)
+    scaled_parity = context_request(avenue21_pngs, selections, profile=common_pb2.PROFILE_PARITY)
+    scaled_parity.options.attention_logit_scale = 100.0
+    cases = [
+        (context_request(avenue21_pngs, selections, profile=common_pb2.PROFILE_PARITY), 1.0, False),
+        (scaled_parity, 100.0, False),
+        (context_request(avenue21_pngs, selections), 100.0, True),
+    ]
+    raws, maps = [], []
+    for request, scale, normalized in cases:
+        response = await build(context_server.address, request)
+        raw, mask = reference.attention_map(engine.model, representative, classes, "running", sizes, scale,
+                                            normalized)
+        served = from_tensor(response.contexts[0].attention_map)
+        np.testing.assert_allclose(served, mask, atol=0.02)  # float noise, amplified by min-max
+        raws.append(raw)
+        maps.append(served)
+    assert not np.allclose(maps[0], maps[1], atol=0.05) and not np.allclose(maps[1], maps[2], atol=0.05)
+    spread = [float(raw.max() - raw.min()) for raw in raws]
+    assert spread[1] > 10 * spread[0]  # the logit scale sharpens the near-uniform parity map
 
 
 async def test_grid_embedding_selection_embeds_every_candidate_grid(

@@ -4,15 +4,16 @@ serve`): LVLM calls per segment in each mode, the CLIP gate, reasons on demand."
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+import numpy as np
 import pytest_asyncio
 from anyanomaly.v1 import lvlm_pb2, orchestrator_pb2
 
+from tests.conftest import Scripted
+from tests.helpers import expected
 from tests.helpers.detect import detect, frame_folder, split
 from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text
 from tests.helpers.stack import Stack, lvlm_settings, start_stack
@@ -66,31 +67,50 @@ async def test_calls_per_segment_3k_by_default_and_3_with_multi_text(
         assert segment.scores[1].temporal.reason == "bicycle maybe"
 
 
-async def test_the_clip_gate_skips_the_lvlm(served: tuple[Stack, FakeOpenAIServer], tmp_path: Path) -> None:
-    stack, fake = served
-    folder = frame_folder(tmp_path, 48)
-    segments, summary = await run(stack, folder, TEXTS, gate_threshold=1.01)  # above any cosine
-    assert all(s.gated and s.score == 0 and s.lvlm_usage.calls == 0 for s in segments)
-    assert (summary.gated_segments, summary.segments, len(fake.requests)) == (2, 2, 0)
-    assert all(-1 <= s.best_similarity <= 1 for s in segments)
-    segments, summary = await run(stack, folder, TEXTS, gate_threshold=-1.01)  # below any cosine
-    assert summary.gated_segments == 0 and len(fake.requests) == 12
+async def test_the_clip_gate_skips_the_lvlm_for_segments_below_it(scripted: Scripted, tmp_path: Path) -> None:
+    folder = frame_folder(tmp_path, 96)  # four segments
+    ungated, _ = await run(scripted.stack, folder, TEXTS, sigma=0.0)
+    similarities = sorted(s.best_similarity for s in ungated)
+    assert similarities[0] < similarities[-1]
+    threshold = (similarities[1] + similarities[2]) / 2  # gates the two least similar segments
+    scripted.lvlm.answers.clear()
+    results, summary = await run(scripted.stack, folder, TEXTS, sigma=0.0, gate_threshold=threshold)
+    gated = [s.best_similarity < threshold for s in results]
+    assert gated.count(True) == 2 and [s.gated for s in results] == gated
+    for result, skipped in zip(results, gated, strict=True):
+        if skipped:
+            assert result.score == 0 and result.lvlm_usage.calls == 0
+            assert all(t.fused == 0 for t in result.scores)
+        else:
+            assert result.lvlm_usage.calls == 3 * len(TEXTS)
+    segments = expected.segments_of(results)
+    assert expected.answered(segments) == scripted.lvlm.counts()  # no LVLM call for a gated segment
+    scores = expected.check_segments(segments, (0.6, 0.3, 0.1), "fuse_then_max")
+    assert expected.distinct(scores) >= 2
+    np.testing.assert_allclose(summary.frame_scores, expected.frame_scores(segments, scores, 96, 0), atol=1e-6)
+    assert (summary.gated_segments, summary.segments) == (2, 4)
+    assert summary.lvlm_usage.calls == 2 * 3 * len(TEXTS) == len(scripted.lvlm.answers)
 
 
-async def test_fast_mode_fetches_reasons_only_above_the_threshold(
-    served: tuple[Stack, FakeOpenAIServer], tmp_path: Path
+async def test_fast_mode_fetches_reasons_only_for_texts_at_or_above_the_threshold(
+    scripted: Scripted, tmp_path: Path
 ) -> None:
-    stack, fake = served
-    folder = frame_folder(tmp_path, 24)
+    folder = frame_folder(tmp_path, 72)
     fast = orchestrator_pb2.DetectOptions().scoring
     fast.mode = lvlm_pb2.SCORE_MODE_FAST
-    segments, _ = await run(stack, folder, TEXTS, scoring=fast)
-    assert segments[0].lvlm_usage.calls == 6 and all(t.frame.reason == "" for t in segments[0].scores)
-    p0, p1 = math.exp(-2.0), math.exp(-0.2)  # "0" then ".9", or "1"
-    assert segments[0].scores[0].frame.score == pytest.approx((p0 * 0.9 + p1 * 1.0) / (p0 + p1), rel=1e-5)
-    fake.requests.clear()
-    segments, _ = await run(stack, folder, TEXTS, scoring=fast, reason_threshold=0.5)
-    assert segments[0].lvlm_usage.calls == 6 + 2  # one standard call per text above the threshold
-    assert all(t.frame.reason == "a reason from the standard prompt" for t in segments[0].scores)
-    segments, _ = await run(stack, folder, TEXTS, scoring=fast, reason_threshold=1.0)
-    assert segments[0].lvlm_usage.calls == 6
+    results, _ = await run(scripted.stack, folder, TEXTS, scoring=fast)
+    segments = expected.segments_of(results)
+    assert expected.answered(segments) == scripted.lvlm.counts()  # the scores read from log-probabilities
+    assert all(t.frame.reason == "" for s in results for t in s.scores)
+    fused = sorted(t.fused for s in results for t in s.scores)
+    assert fused[0] < fused[-1]
+    threshold = fused[len(fused) // 2]  # half the texts reach it
+    results, _ = await run(scripted.stack, folder, TEXTS, scoring=fast, reason_threshold=threshold)
+    for result in results:
+        wanted = [t for t in result.scores if t.fused >= threshold]
+        assert result.lvlm_usage.calls == 3 * len(TEXTS) + len(wanted)  # one standard call per text reaching it
+        for text in result.scores:
+            assert (text.frame.reason != "") == (text.fused >= threshold)
+            if text.frame.reason:
+                assert text.frame.reason.startswith(f"{text.text}: scripted")
+    assert 0 < sum(t.fused >= threshold for s in results for t in s.scores) < len(fused)

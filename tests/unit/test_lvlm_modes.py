@@ -24,6 +24,12 @@ def test_expected_score_over_digit_tokens() -> None:
     assert expected_score(["0", ".", "8"], top) == pytest.approx((0.6 * 0.5 + 0.2 * 1.0) / 0.8)
 
 
+def test_a_certain_zero_is_zero_not_an_unknown_decimal() -> None:
+    certain = [[("0", 0.0)], [(".", 0.0)], [("0", 0.0)]]
+    assert expected_score(["0", ".", "0"], certain) == 0.0
+    assert expected_score(["0.", "0"], [[("0.", 0.0)], [("0", 0.0)]]) == 0.0
+
+
 def test_expected_score_with_whole_number_tokens_and_late_starts() -> None:
     assert expected_score(["0.7"], [[("0.7", math.log(0.5)), ("0.3", math.log(0.5))]]) == pytest.approx(0.5)
     assert expected_score(["Score", ":", " 1"], [[("Score", 0.0)], [(":", 0.0)], [(" 1", 0.0)]]) == 1.0
