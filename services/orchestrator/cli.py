@@ -16,17 +16,18 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
 
-from services.common.errors import InvalidInput
+from services.common.errors import FAILED_SERVICE_HEADER, InvalidInput
 from services.common.profiles import VALUES as PROFILE_VALUES
 from services.evaluation import command as eval_command
 from services.launcher import EmbeddedStack, StackError, StackOptions
-from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, detect_document
+from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
 
 PROG = "anyanomaly"
 BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
@@ -179,27 +180,55 @@ def _print_summary(result: dict[str, Any], output: Path | None) -> None:
         print(f"  result written to {output}")
 
 
+def _write(output: Path | None, document: dict[str, Any]) -> None:
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # allow_nan=False: a non-finite number is a bug to see, never invalid JSON in the file
+        output.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+
+
+def _culprit(error: grpc.aio.AioRpcError, builder: ResultBuilder, stack: EmbeddedStack | None) -> str:
+    """The service whose failure ended the detection, as precisely as it is known."""
+    named = next((str(v) for k, v in error.trailing_metadata() or () if k == FAILED_SERVICE_HEADER), "")
+    dead = stack.dead_services() if stack is not None else []
+    if named:
+        return next((d for d in dead if d.startswith(named + " ")), named)
+    return dead[0] if dead else "orchestrator"
+
+
 async def _detect(args: argparse.Namespace) -> int:
     stack_options = None if args.address else _stack_options(args)
     request = _request(args)
     stack: EmbeddedStack | None = None
     address = args.address
-    if stack_options is not None:
-        stack = EmbeddedStack(stack_options)
-        await stack.start()
-        address = stack.orchestrator_address
+    builder = ResultBuilder(request)
     try:
-        result = await detect_document(address, request, None if args.quiet else "detect")
+        if stack_options is not None:
+            stack = EmbeddedStack(stack_options)
+            await stack.start()
+            address = stack.orchestrator_address
+        await detect_into(builder, address, None if args.quiet else "detect")
     except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.UNAVAILABLE and args.address:
-            raise UsageError(f"cannot reach the orchestrator at {args.address}: {error.details()}") from error
+        details = error.details() or error.code().name
+        if error.code() in BAD_INPUT_CODES:
+            if builder.segments:
+                _write(args.output, builder.partial({"code": error.code().name, "message": details}))
+            raise UsageError(details) from error
+        if builder.started is None and args.address and error.code() == grpc.StatusCode.UNAVAILABLE:
+            raise UsageError(f"cannot reach the orchestrator at {args.address}: {details}") from error
+        culprit = _culprit(error, builder, stack)
+        _write(args.output, builder.partial({"code": error.code().name, "service": culprit, "message": details}))
+        kept = f"; the {len(builder.segments)} segments received are in {args.output}" if args.output else ""
+        raise ServiceFailure(f"{culprit} failed: {details}{kept}") from error
+    except asyncio.CancelledError:
+        if builder.segments:
+            _write(args.output, builder.partial({"code": "CANCELLED", "message": "interrupted"}))
         raise
     finally:
         if stack is not None:
             await stack.stop()
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1) + "\n")
+    result = builder.document()
+    _write(args.output, result)
     _print_summary(result, args.output)
     return 0
 
@@ -225,38 +254,76 @@ async def _eval(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     stack = EmbeddedStack(_stack_options(args, port=args.port, host=args.host))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stack.start()
-    for name, address in stack.addresses().items():
-        print(f"{name:16} {address}", flush=True)
-    if args.models == "tiny":
-        print(f"note: {RANDOM_WEIGHTS_WARNING}", flush=True)
-    print("ready; Ctrl-C stops the services", flush=True)
-    await stop.wait()
-    await stack.stop()
-    print("stopped", flush=True)
+    try:
+        await stack.start()
+        for name, address in stack.addresses().items():
+            print(f"{name:16} {address}", flush=True)
+        if args.models == "tiny":
+            print(f"note: {RANDOM_WEIGHTS_WARNING}", flush=True)
+        print("ready; Ctrl-C stops the services", flush=True)
+        await asyncio.Event().wait()  # until SIGINT or SIGTERM cancels this command
+    finally:
+        await stack.stop()
+        print("stopped", flush=True)
     return 0
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def _interruptible(command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    """Run a command; SIGINT (Ctrl-C) and SIGTERM cancel it, so that its cleanup runs (the
+    embedded stack stopped, partial results written) before the process exits."""
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def interrupt(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt, signum)
+    try:
+        return await command(args)
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
+
+
+class ServiceFailure(Exception):
+    """A service failed: printed as one line naming it, exit code 1."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = {"serve": _serve, "detect": _detect, "eval": _eval}[args.command]
     try:
-        command = {"serve": _serve, "detect": _detect, "eval": _eval}[args.command]
-        return asyncio.run(command(args))
+        return asyncio.run(_interruptible(command, args))
+    except Interrupted as stop:
+        if args.command == "serve":
+            return 0  # a stop request is how serve ends
+        print(f"{PROG}: interrupted ({stop})", file=sys.stderr)
+        return 128 + stop.signum
     except (UsageError, InvalidInput) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    except StackError as error:
+    except (StackError, ServiceFailure) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
-    except grpc.aio.AioRpcError as error:
-        print(f"{PROG}: error: {error.details()}", file=sys.stderr)
-        return 2 if error.code() in BAD_INPUT_CODES else 1
-    except KeyboardInterrupt:
-        return 130
+    except grpc.aio.AioRpcError as error:  # eval's detections
+        if error.code() in BAD_INPUT_CODES:
+            print(f"{PROG}: error: {error.details()}", file=sys.stderr)
+            return 2
+        culprit = next((str(v) for k, v in error.trailing_metadata() or () if k == FAILED_SERVICE_HEADER),
+                       "orchestrator")
+        print(f"{PROG}: error: {culprit} failed: {error.details()}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ class ResultBuilder:
         timings = summary.timings
         return {
             "source": self.source,
+            "complete": True,
             "texts": list(self.started.texts),
             "models": models,
             "fps": summary.fps,
@@ -139,15 +140,30 @@ class ResultBuilder:
         }
 
 
-async def detect_document(
-    address: str, request: orchestrator_pb2.DetectRequest, progress: str | None = "detect", leave: bool = True
-) -> dict[str, Any]:
-    """Run a detection and return the result JSON document; a progress bar labelled `progress`
-    (None: none) counts frames on stderr."""
-    builder = ResultBuilder(request)
+    def partial(self, error: dict[str, str]) -> dict[str, Any]:
+        """What arrived before the detection failed, with the error: the segments scored so far
+        (complete in themselves) but no per-frame scores, which need the whole video."""
+        started = self.started
+        return {
+            "source": self.source,
+            "complete": False,
+            "error": error,
+            "texts": list(started.texts) if started else list(self.request.texts),
+            "fps": started.fps if started else 0.0,
+            "num_frames": started.num_frames if started else 0,
+            "segment_length": started.segment_length if started else 0,
+            "segments": self.segments,
+        }
+
+
+async def detect_into(builder: ResultBuilder, address: str, progress: str | None = "detect", leave: bool = True
+                      ) -> None:
+    """Run the builder's detection, adding each update to it as it arrives (so that what came
+    before a failure is kept); a progress bar labelled `progress` (None: none) counts frames on
+    stderr."""
     bar: Any = None
     try:
-        async for update in detect_stream(address, request):
+        async for update in detect_stream(address, builder.request):
             builder.add(update)
             kind = update.WhichOneof("update")
             if kind == "started" and progress is not None:
@@ -158,4 +174,12 @@ async def detect_document(
     finally:
         if bar is not None:
             bar.close()
+
+
+async def detect_document(
+    address: str, request: orchestrator_pb2.DetectRequest, progress: str | None = "detect", leave: bool = True
+) -> dict[str, Any]:
+    """Run a detection and return the result JSON document."""
+    builder = ResultBuilder(request)
+    await detect_into(builder, address, progress, leave)
     return builder.document()

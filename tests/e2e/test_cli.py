@@ -8,12 +8,17 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tests.helpers import expected
 from tests.helpers.cli import ANYANOMALY, run
+from tests.helpers.fake_openai_server import FakeOpenAIServer
 from tests.helpers.fixtures import REPO_ROOT, avenue_clip
+from tests.helpers.scripted_lvlm import ScriptedLVLM
 
 SEGMENT_KEYS = {"index", "start_frame", "end_frame", "key_frames", "scores", "max_fused"}
+pytestmark = pytest.mark.slow
 SCORE_KEYS = {"frame", "position", "temporal", "fused", "reason"}
 TOP_KEYS = {"source", "texts", "models", "fps", "num_frames", "segment_length", "tail_policy", "fusion_weights",
             "sigma", "segments", "frame_scores"}
@@ -34,20 +39,43 @@ def check_schema(result: dict[str, object], frames: int, texts: list[str]) -> No
         assert set(segment["key_frames"]) == set(texts) and all(len(k) == 4 for k in segment["key_frames"].values())
         for scores in segment["scores"].values():
             assert set(scores) >= SCORE_KEYS and isinstance(scores["reason"], str)
-        assert segment["max_fused"] == max(s["fused"] for s in segment["scores"].values())
     assert "meaningless" in result["models"]["warning"]  # type: ignore[index]
 
 
 def test_detect_with_the_embedded_stack_writes_the_result_json(tmp_path: Path) -> None:
+    """`make detect ... MODELS=tiny`: the real transformers path, the flow and the schema."""
     output = tmp_path / "out" / "result.json"
     done = run("detect", str(avenue_clip("21")), "-t", "running", "-t", "bicycle", "--models", "tiny",
                "--output", str(output))
     assert done.returncode == 0, done.stderr
     result = json.loads(output.read_text())
     check_schema(result, 76, ["running", "bicycle"])
+    assert result["complete"] is True
     assert [(s["start_frame"], s["end_frame"]) for s in result["segments"]] == [(0, 24), (24, 48), (48, 72),
                                                                                 (72, 76)]
     assert "result written to" in done.stdout and "meaningless" in done.stdout
+
+
+def test_detect_flags_reach_the_pipeline_and_the_numbers_hold(tmp_path: Path) -> None:
+    """Weights, sigma and the multi-text rule given on the command line, on scores that vary
+    (a ScriptedLVLM behind lvlm_service), recomputed here with numpy/scipy."""
+    output = tmp_path / "result.json"
+    answers = ScriptedLVLM()
+    with FakeOpenAIServer(answer=answers) as server:
+        done = run("detect", str(avenue_clip("21")), "-t", "running-bicycle", "--models", "tiny",
+                   "--lvlm-url", server.url, "--lvlm-model", server.model, "--weights", "0.5", "0.2", "0.3",
+                   "--sigma", "5", "--fusion-rule", "max_then_fuse", "--output", str(output), "--quiet")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(output.read_text())
+    assert (result["fusion_weights"], result["sigma"], result["multi_text_fusion"]) == (
+        [0.5, 0.2, 0.3], 5.0, "max_then_fuse")
+    segments = result["segments"]
+    assert expected.answered(segments) == answers.counts()
+    scores = expected.check_segments(segments, (0.5, 0.2, 0.3), "max_then_fuse")
+    assert expected.distinct(scores) >= 3
+    np.testing.assert_allclose(result["frame_scores"], expected.frame_scores(segments, scores, 76, 5.0), atol=1e-5)
+    usage = result["lvlm_usage"]
+    assert usage["calls"] == len(answers.answers) == 4 * 6 and usage["retries"] == usage["failures"] == 0
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,27 @@
 """`anyanomaly eval` end to end: a small C-Ave-style dataset built from the real Avenue clips
-08, 20 and 21 with their real C-Ave labels, evaluated with the tiny models."""
+08, 20 and 21 with their real C-Ave labels, evaluated with the tiny CLIP and a ScriptedLVLM
+(scores that vary per text, stream and segment); every AUROC is recomputed here from the
+cached detections and the label files with numpy, scipy, h5py and scikit-learn."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import h5py
+import numpy as np
 import pytest
+from scipy.ndimage import gaussian_filter1d
+from sklearn.metrics import roc_auc_score
 
 from tests.helpers.cli import run
+from tests.helpers.fake_openai_server import FakeOpenAIServer
 from tests.helpers.fixtures import avenue_clip, fixtures_root
+from tests.helpers.scripted_lvlm import ScriptedLVLM
 
+pytestmark = pytest.mark.slow
 VIDEOS = ["08", "20", "21"]
 
 
@@ -39,13 +49,32 @@ def labels_root() -> str:
 
 
 @pytest.fixture(scope="module")
-def evaluated(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def evaluated(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     output = tmp_path_factory.mktemp("eval")
-    done = run("eval", "--dataset", "c-avenue", "--data-root", str(data_root), "--labels-root", labels_root(),
-               "--videos", *VIDEOS, "--models", "tiny", "--output-dir", str(output), "--quiet", timeout=600)
+    with FakeOpenAIServer(answer=ScriptedLVLM()) as server:
+        done = run("eval", "--dataset", "c-avenue", "--data-root", str(data_root), "--labels-root", labels_root(),
+                   "--videos", *VIDEOS, "--models", "tiny", "--lvlm-url", server.url, "--lvlm-model", server.model,
+                   "--output-dir", str(output), "--quiet", timeout=600)
     assert done.returncode == 0, done.stderr
     assert "c-avenue: fixed hyperparameters" in done.stdout
-    return output
+    yield output
+
+
+def recomputed_auroc(results: Path, text: str, weights: tuple[float, float, float], sigma: float) -> float:
+    """Micro-AUROC of one class over the three videos, from the result JSONs and the h5 labels:
+    per segment the text's fused score, copied to its frames (a short tail takes the last
+    segment's score), smoothed per video, concatenated in video order."""
+    scores, labels = [], []
+    with h5py.File(Path(labels_root()) / "c-avenue_labels" / f"avenue_{text}_label.h5") as h5:
+        for video in VIDEOS:
+            result = json.loads((results / "classes" / f"{video}.json").read_text())
+            frames = np.zeros(result["num_frames"])
+            for segment in result["segments"]:
+                streams = [segment["scores"][text][s] for s in ("frame", "position", "temporal")]
+                frames[segment["start_frame"]:] = float(np.dot(weights, streams))
+            scores.append(gaussian_filter1d(frames, sigma))
+            labels.append(h5[video][:])
+    return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
 
 
 def test_eval_writes_the_report_the_table_and_the_plots(evaluated: Path) -> None:
@@ -55,7 +84,8 @@ def test_eval_writes_the_report_the_table_and_the_plots(evaluated: Path) -> None
     runs = {r["name"]: r for r in report["runs"]}
     assert list(runs) == ["too_close", "bicycle", "throwing", "running", "dancing"]
     for name in ("throwing", "running"):  # 20 is throwing, 08 and 21 are running
-        assert isinstance(runs[name]["auroc"], float) and 0 <= runs[name]["auroc"] <= 1
+        assert runs[name]["auroc"] == pytest.approx(recomputed_auroc(evaluated / "results", name, (0.6, 0.3, 0.1),
+                                                                     15.0), abs=1e-6)
         assert runs[name]["frames"] == 36 + 273 + 76
     assert runs["throwing"]["positive_frames"] == 154 and runs["running"]["positive_frames"] == 63
     for name in ("too_close", "bicycle", "dancing"):  # no positive frame in these three videos
@@ -69,18 +99,26 @@ def test_eval_writes_the_report_the_table_and_the_plots(evaluated: Path) -> None
     assert sorted(p.name for p in (evaluated / "results" / "classes").iterdir()) == [f"{v}.json" for v in VIDEOS]
 
 
-def test_rescoring_cached_results_needs_no_model(evaluated: Path, tmp_path: Path) -> None:
+def test_rescoring_cached_results_needs_no_model_and_changes_the_auroc(evaluated: Path, tmp_path: Path) -> None:
     done = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--videos", *VIDEOS,
-               "--results", str(evaluated / "results"), "--weights", "1", "0", "0", "--sigma", "2",
+               "--results", str(evaluated / "results"), "--weights", "0", "0", "1", "--sigma", "2",
                "--output-dir", str(tmp_path), "--quiet")
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["settings"]["weights"] == [1.0, 0.0, 0.0] and report["settings"]["sigma"] == 2.0
+    assert report["settings"]["weights"] == [0.0, 0.0, 1.0] and report["settings"]["sigma"] == 2.0
     assert not (tmp_path / "results").exists()  # nothing was detected again
+    fixed = {r["name"]: r["auroc"] for r in json.loads((evaluated / "report.json").read_text())["runs"]}
+    for run_ in report["runs"]:
+        if run_["name"] in ("throwing", "running"):
+            again = recomputed_auroc(evaluated / "results", run_["name"], (0.0, 0.0, 1.0), 2.0)
+            assert run_["auroc"] == pytest.approx(again, abs=1e-6)
+            assert abs(run_["auroc"] - fixed[run_["name"]]) > 1e-3  # other weights, another number
     oracle = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--videos", *VIDEOS,
                  "--results", str(evaluated / "results"), "--oracle-search", "--output-dir", str(tmp_path / "o"))
     assert oracle.returncode == 0, oracle.stderr
     assert "oracle (tuned on test labels)" in (tmp_path / "o" / "report.md").read_text()
+    tuned = {r["name"]: r["auroc"] for r in json.loads((tmp_path / "o" / "report.json").read_text())["runs"]}
+    assert tuned["running"] >= fixed["running"] and tuned["throwing"] >= fixed["throwing"]
 
 
 def test_results_of_another_configuration_and_bad_datasets_fail_clearly(evaluated: Path, tmp_path: Path) -> None:

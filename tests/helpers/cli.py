@@ -15,3 +15,10 @@ ANYANOMALY = str(Path(sys.executable).parent / "anyanomaly")
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([ANYANOMALY, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def start(*args: str, log: Path) -> subprocess.Popen[str]:
+    """The command in the background, its stdout and stderr going to `log`."""
+    with log.open("w") as sink:
+        return subprocess.Popen([ANYANOMALY, *args], cwd=REPO_ROOT, text=True, stdout=sink, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
