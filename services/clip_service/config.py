@@ -33,6 +33,8 @@ class ClipSettings(ServerSettings):
     max_queued_images: int = setting(8192, "images waiting for the model before requests get RESOURCE_EXHAUSTED")
     text_cache_size: int = setting(4096, "text embeddings kept in the LRU cache")
     max_image_pixels: int = setting(3840 * 2160, "largest image accepted, in pixels")
+    max_request_pixels: int = setting(24 * 3840 * 2160, "most pixels all images of one request may decode to "
+                                      "(checked from their headers before decoding)")
     max_images_per_request: int = setting(1024, "most images in one request")
     max_windows_per_request: int = setting(16384, "most window crops in one EmbedImages request")
 

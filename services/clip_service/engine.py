@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -20,7 +20,7 @@ from services.clip_service.preprocess import Mode, Preprocessor
 from services.clip_service.templates import WINCLIP_TEMPLATES, fill_templates
 from services.common.batching import MicroBatcher
 from services.common.errors import InvalidInput, NotReady
-from services.common.images import decode_image
+from services.common.images import check_pixel_budget, decode_image, header_size
 from services.common.validation import validate_texts
 from services.common.windows import WindowGrid, layout_grids
 
@@ -136,20 +136,22 @@ class ClipEngine:
             self._text_cache.popitem(last=False)
 
     # -- images ---------------------------------------------------------------------
-    def _decode_all(self, images: Sequence[bytes], what: str) -> list[np.ndarray]:
+    def _decoded(self, images: Sequence[bytes], what: str) -> Iterator[np.ndarray]:
+        """Each image decoded in turn (checked first: count, header sizes, the request's pixel
+        budget), so that only one full-size image is in memory at a time."""
         if not images:
             raise InvalidInput(f"no {what} given")
         if len(images) > self.settings.max_images_per_request:
             raise InvalidInput(
                 f"{len(images)} {what} in one request; the limit is {self.settings.max_images_per_request}"
             )
-        return [
-            decode_image(data, f"{what}[{i}]", self.settings.max_image_pixels) for i, data in enumerate(images)
-        ]
+        check_pixel_budget(images, self.settings.max_request_pixels, what)
+        for i, data in enumerate(images):
+            yield decode_image(data, f"{what}[{i}]", self.settings.max_image_pixels)
 
     def _prepare_images(self, images: Sequence[bytes], mode: Mode) -> list[torch.Tensor]:
         assert self._preprocessor is not None
-        return [self._preprocessor.image(rgb, mode) for rgb in self._decode_all(images, "images")]
+        return [self._preprocessor.image(rgb, mode) for rgb in self._decoded(images, "images")]
 
     def _prepare_windows(
         self, images: Sequence[bytes], mode: Mode, specs: Sequence[tuple[int, int]]
@@ -158,17 +160,21 @@ class ClipEngine:
         if mode is Mode.CENTER_CROP:
             raise InvalidInput("window crops are squashed, not centre-cropped: use PREPROCESS_SQUASH or "
                                "PREPROCESS_SQUASH_NORMALIZED with windows")
-        decoded = self._decode_all(images, "images")
-        sizes = {rgb.shape[:2] for rgb in decoded}
+        sizes = {header_size(data) for data in images}
         if len(sizes) > 1:
-            raise InvalidInput(f"images cut into windows must all have the same size, got {sorted(sizes)}")
-        height, width = decoded[0].shape[:2]
-        grids = layout_grids(specs, height, width)
-        total = sum(g.count for g in grids) * len(decoded)
-        if total > self.settings.max_windows_per_request:
-            raise InvalidInput(f"{total} window crops requested; the limit is "
-                               f"{self.settings.max_windows_per_request} per request")
-        rows = [window for rgb in decoded for window in self._preprocessor.windows(rgb, grids, mode)]
+            raise InvalidInput(f"images cut into windows must all have the same size, got "
+                               f"{sorted(s for s in sizes if s)}")
+        rows: list[torch.Tensor] = []
+        grids: list[WindowGrid] = []
+        for rgb in self._decoded(images, "images"):
+            if not grids:
+                height, width = rgb.shape[:2]
+                grids = layout_grids(specs, height, width)
+                total = sum(g.count for g in grids) * len(images)
+                if total > self.settings.max_windows_per_request:
+                    raise InvalidInput(f"{total} window crops requested; the limit is "
+                                       f"{self.settings.max_windows_per_request} per request")
+            rows.extend(self._preprocessor.windows(rgb, grids, mode))
         return rows, grids
 
     async def embed_images(
@@ -203,6 +209,8 @@ class ClipEngine:
                 "(it picks one frame in each quarter of the segment)"
             )
         texts = validate_texts(texts)
+        if not 0 <= seed < 2**63:
+            raise InvalidInput(f"seed must be 0 or a positive number, got {seed}")
         text_vectors, frame_vectors = await asyncio.gather(
             self.embed_texts(texts, TextEncoding.RAW),
             self.embed_images(frames, mode),

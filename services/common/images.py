@@ -7,6 +7,7 @@ before its pixels are decoded.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from services.common.errors import InvalidInput
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8"
 # JPEG start-of-frame markers that carry the image size (not DHT/JPG/DAC).
+MAX_ASPECT_RATIO = 50
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -58,6 +60,23 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def check_pixel_budget(images: Sequence[bytes], budget: int, what: str = "images") -> None:
+    """Refuse a request whose images would decode to more than `budget` pixels in all, from
+    their headers alone, before anything is decoded (many small files can decode to gigabytes)."""
+    if not budget:
+        return
+    total = 0
+    for data in images:
+        size = header_size(data)
+        if size is not None:
+            total += size[0] * size[1]
+    if total > budget:
+        raise InvalidInput(
+            f"the {len(images)} {what} of this request decode to {total} pixels, above the request budget of "
+            f"{budget}; send fewer or smaller images, or raise the service's max-request-pixels setting"
+        )
+
+
 def decode_image(data: bytes, what: str = "image", max_pixels: int = 0) -> np.ndarray:
     """Decode PNG/JPEG bytes to an RGB uint8 array; raise InvalidInput naming `what`."""
     if not data:
@@ -75,6 +94,10 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int = 0) -> np.nd
             f"{what} is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; "
             "downscale it or raise the service's max-image-pixels setting"
         )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        # A sliver would become enormous when its short side is scaled to a model's input size.
+        raise InvalidInput(f"{what} is {width}x{height}: more than {MAX_ASPECT_RATIO} times wider than tall (or "
+                           "taller than wide); send camera frames")
     array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if array is None:
         raise InvalidInput(f"{what} could not be decoded: the {image_format(data).upper()} data is corrupt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -11,6 +12,19 @@ T = TypeVar("T")
 
 MAX_TEXT_CHARS = 300
 MAX_TEXTS = 256
+MAX_ANSWER_TOKENS = 4096  # an LVLM answer: a score and a sentence need tens; bounds a request's work
+# Unicode categories a text may not contain: control characters (NUL, newlines, escapes), format
+# characters (bidi overrides and isolates, zero-width characters) and surrogates. They would go
+# into the LVLM prompt as they are, and can hide or reorder what a reader sees.
+_REFUSED_CATEGORIES = {"Cc": "control", "Cf": "invisible formatting", "Cs": "surrogate"}
+
+
+def _refused_character(text: str) -> tuple[int, str, str] | None:
+    for position, char in enumerate(text):
+        kind = _REFUSED_CATEGORIES.get(unicodedata.category(char))
+        if kind:
+            return position, char, kind
+    return None
 
 
 def validate_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
@@ -26,7 +40,18 @@ def validate_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
             raise InvalidInput(
                 f"{what}[{position}] has {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
             )
+        refused = _refused_character(text)
+        if refused:
+            index, char, kind = refused
+            raise InvalidInput(f"{what}[{position}] contains the {kind} character U+{ord(char):04X} at position "
+                               f"{index}; anomaly texts must be plain printable text")
     return list(texts)
+
+
+def validate_max_tokens(value: int, what: str = "max_tokens") -> int:
+    if not 0 <= value <= MAX_ANSWER_TOKENS:
+        raise InvalidInput(f"{what} must be 0 (the service default) to {MAX_ANSWER_TOKENS}, got {value}")
+    return value
 
 
 def lookup(table: Mapping[Any, T], value: int, what: str) -> T:

@@ -17,6 +17,8 @@ class ContextSettings(ServerSettings):
     clip_address: str = setting("127.0.0.1:50051", "clip_service address HOST:PORT (window crops are embedded there)")
     clip_timeout_seconds: float = setting(60.0, "deadline of each call to clip_service")
     max_image_pixels: int = setting(3840 * 2160, "largest frame accepted, in pixels")
+    max_request_pixels: int = setting(24 * 3840 * 2160, "most pixels the frames one request uses may decode to "
+                                      "(checked from their headers before decoding)")
     max_frames_per_request: int = setting(96, "most distinct frames in one BuildContexts request")
     max_queries_per_request: int = setting(256, "most texts in one BuildContexts request")
 

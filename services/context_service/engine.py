@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from services.common.errors import InvalidInput, NotReady, echo
-from services.common.images import decode_image, encode_png
+from services.common.images import check_pixel_budget, decode_image, encode_png
 from services.common.validation import validate_texts
 from services.common.windows import WindowGrid
 from services.context_service.config import ContextSettings
@@ -129,7 +129,8 @@ class ContextEngine:
         return sorted(used)
 
     def _prepare(self, frames: Sequence[bytes], used: Sequence[int]) -> tuple[dict[int, _Frame], list[bytes]]:
-        prepared: dict[int, _Frame] = {}
+        check_pixel_budget([frames[i] for i in used], self.settings.max_request_pixels, "frames")
+        prepared: dict[int, _Frame] = {}  # one full-size frame decoded at a time
         for index in used:
             rgb = decode_image(frames[index], f"frames[{index}]", self.settings.max_image_pixels)
             prepared[index] = _Frame(

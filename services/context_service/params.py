@@ -77,10 +77,11 @@ def resolve_params(
                 f"window size {size} does not fit the {GRID_SIZE}x{GRID_SIZE} grid image; "
                 f"use sizes between 1 and {GRID_SIZE}"
             )
-    if logit_scale is not None and not logit_scale > 0:
-        raise InvalidInput(f"attention_logit_scale must be positive, got {logit_scale}")
-    if minmax_epsilon is not None and not minmax_epsilon >= 0:
-        raise InvalidInput(f"minmax_epsilon must be zero or positive, got {minmax_epsilon}")
+    if logit_scale is not None and not 0 < logit_scale <= 1000:
+        raise InvalidInput(f"attention_logit_scale must be above 0 and at most 1000 (CLIP's is 100), got "
+                           f"{echo(logit_scale, 20)}")
+    if minmax_epsilon is not None and not 0 <= minmax_epsilon <= 1:
+        raise InvalidInput(f"minmax_epsilon must be 0..1, got {echo(minmax_epsilon, 20)}")
     choices = ProfileChoices(
         normalize_windows=base.normalize_windows if normalize_windows is None else normalize_windows,
         logit_scale=base.logit_scale if logit_scale is None else logit_scale,

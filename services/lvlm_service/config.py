@@ -53,9 +53,14 @@ class LvlmSettings(ServerSettings):
         "vllm", "openai backend: how JSON answers are requested: 'vllm' (structured_outputs, vLLM >= 0.12), "
         "'openai' (response_format json_schema) or 'none'", choices=("vllm", "openai", "none"))
     top_logprobs: int = setting(20, "fast mode: candidates per answer token (vLLM allows up to --max-logprobs, 20)")
-    max_tokens: int = setting(128, "most tokens an answer may have (the reference: 128)")
+    max_tokens: int = setting(0, "most tokens an answer may have; 0: the model preset's (128 as the reference; 8 "
+                              "for the tiny model)")
     system_prompt: str = setting("", "optional system message sent before each prompt")
     max_image_pixels: int = setting(3840 * 2160, "largest image accepted, in pixels")
+    downscale_to_pixels: int = setting(0, "every image sent to the model (key frame, position and temporal context) is "
+                                       "first downscaled, aspect kept, to at most this many pixels; 0: the model "
+                                       "preset's (Qwen2.5-VL 1,003,520; Qwen2-VL-2B on a CPU 200,704; tiny 50,176)")
+    max_request_pixels: int = setting(96 * 1920 * 1080, "most pixels the images of one request may decode to")
     max_pairs_per_request: int = setting(1024, "most (image, text) pairs in one Score request")
 
 

@@ -4,21 +4,23 @@ without a score, and usage accounting."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from services.common.errors import InvalidInput, echo
-from services.common.images import header_size, image_format
 from services.common.presets import get_preset
-from services.common.validation import validate_texts
+from services.common.validation import MAX_ANSWER_TOKENS, validate_texts
 from services.lvlm_service import metrics
 from services.lvlm_service.backends.base import Backend, Completion, Prompt
 from services.lvlm_service.config import LvlmSettings
 from services.lvlm_service.logprob_score import expected_score
 from services.lvlm_service.parse import Parsed, parse_first_number, parse_robust
+from services.lvlm_service.pictures import Picture, prepare_all
+from services.lvlm_service.presets import InputLimits, limits_for
 from services.lvlm_service.prompts import (
     RETRY_SUFFIX,
     Kind,
@@ -153,6 +155,10 @@ class LvlmEngine:
     def __init__(self, settings: LvlmSettings, backend: Backend) -> None:
         self.settings = settings
         self.backend = backend
+        preset = limits_for(backend.info().model)
+        # What every request is bound by: the operator's settings, else the model preset's.
+        self.limits = InputLimits(max_pixels=settings.downscale_to_pixels or preset.max_pixels,
+                                  max_tokens=settings.max_tokens or preset.max_tokens)
 
     def _validate(self, items: Sequence[Item], params: ScoreParams) -> None:
         if not items:
@@ -162,15 +168,6 @@ class LvlmEngine:
                                "or use the standard mode")
         pairs = 0
         for position, item in enumerate(items):
-            what = f"items[{position}].image"
-            if image_format(item.image) == "unknown":
-                raise InvalidInput(f"{what} is not a JPEG or PNG image")
-            size = header_size(item.image)
-            if size is None:
-                raise InvalidInput(f"{what} has a corrupt or truncated header")
-            if self.settings.max_image_pixels and size[0] * size[1] > self.settings.max_image_pixels:
-                raise InvalidInput(f"{what} is {size[0]}x{size[1]}, above the limit of "
-                                   f"{self.settings.max_image_pixels} pixels")
             validate_texts(item.texts, f"items[{position}].texts")
             if len(set(item.texts)) != len(item.texts):
                 raise InvalidInput(f"items[{position}].texts repeats a text")
@@ -179,11 +176,11 @@ class LvlmEngine:
             raise InvalidInput(f"{pairs} (image, text) pairs in one request; the limit is "
                                f"{self.settings.max_pairs_per_request}")
 
-    def _calls(self, items: Sequence[Item], params: ScoreParams) -> list[_Call]:
+    def _calls(self, items: Sequence[Item], pictures: Sequence[Picture], params: ScoreParams) -> list[_Call]:
         style = params.style()
-        max_tokens = params.max_tokens or self.settings.max_tokens
+        max_tokens = params.max_tokens or self.limits.max_tokens
         calls = []
-        for index, item in enumerate(items):
+        for index, (item, picture) in enumerate(zip(items, pictures, strict=True)):
             groups = [item.texts] if params.multi_text and len(item.texts) > 1 else [(t,) for t in item.texts]
             for texts in groups:
                 schema = None
@@ -192,8 +189,9 @@ class LvlmEngine:
                 elif style.json:
                     schema = score_schema(reason_first=params.mode is Mode.REASON_FIRST)
                 tokens = FAST_MAX_TOKENS if params.mode is Mode.FAST else max_tokens * len(texts)
-                prompt = Prompt(item.image, build_prompt(texts, item.kind, style), tokens, schema,
-                                top_logprobs=self.settings.top_logprobs if params.mode is Mode.FAST else 0)
+                prompt = Prompt(picture.data, build_prompt(texts, item.kind, style), tokens, schema,
+                                top_logprobs=self.settings.top_logprobs if params.mode is Mode.FAST else 0,
+                                pixels=picture.pixels)
                 calls.append(_Call(index, texts, prompt))
         return calls
 
@@ -225,7 +223,10 @@ class LvlmEngine:
 
     async def score(self, items: Sequence[Item], params: ScoreParams) -> ScoreResult:
         self._validate(items, params)
-        calls = self._calls(items, params)
+        pictures = await asyncio.to_thread(
+            prepare_all, [item.image for item in items], self.settings.max_image_pixels,
+            self.settings.max_request_pixels, self.limits.max_pixels)
+        calls = self._calls(items, pictures, params)
         result = ScoreResult()
         await self._run(calls, params, result)
         # Answers without a score get one more try with a stricter instruction (a cut answer
@@ -237,8 +238,8 @@ class LvlmEngine:
             first = {id(c): dict(c.outcome) for c in again}
             for call in again:
                 longer = call.prompt.max_tokens * (2 if call.completion.finish_reason == "length" else 1)
-                call.prompt = Prompt(call.prompt.image, call.prompt.text + RETRY_SUFFIX, longer,
-                                     call.prompt.json_schema, call.prompt.top_logprobs)
+                call.prompt = replace(call.prompt, text=call.prompt.text + RETRY_SUFFIX,
+                                      max_tokens=min(longer, MAX_ANSWER_TOKENS))
             await self._run(again, params, result)
             result.usage.retries += len(again)
             for call in again:  # a score the first answer did give stands when the retry gives none

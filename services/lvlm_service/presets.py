@@ -1,5 +1,7 @@
 """Vision-language models we know how to serve, with their settings and the `vllm serve`
-command line for each (the README prints them; a test keeps the two in step).
+command line for each (the README prints them; a test keeps the two in step), and the input
+limits of every model lvlm_service may run: how many pixels an image sent to it may have
+(larger ones are downscaled first) and how long its answers may be by default.
 
     python -m services.lvlm_service.presets      # prints the commands
 """
@@ -13,6 +15,16 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class InputLimits:
+    max_pixels: int  # every image (key frame, position and temporal context) is downscaled to at most this
+    max_tokens: int  # an answer's default length
+
+
+# The reference asks for a score and one sentence within 128 tokens (METHOD.md section 8).
+REFERENCE_LIMITS = InputLimits(max_pixels=1280 * 28 * 28, max_tokens=128)
+
+
+@dataclass(frozen=True)
 class ModelPreset:
     model: str
     max_model_len: int  # prompt (text + image tokens) plus answer; AnyAnomaly needs < 2k
@@ -20,6 +32,7 @@ class ModelPreset:
     trust_remote_code: bool
     notes: str  # chat-template quirks and the like
     mm_processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    limits: InputLimits = REFERENCE_LIMITS
 
     def serve_args(self, port: int = 8000) -> list[str]:
         args = [
@@ -40,8 +53,9 @@ class ModelPreset:
 
 
 # Qwen2.5-VL turns every 28x28 pixels into one token; capping the pixels bounds the prompt
-# (a 640x360 frame is ~300 tokens, a 4K frame would be ~10k).
-_QWEN_PIXELS = {"min_pixels": 3136, "max_pixels": 1003520}
+# (a 640x360 frame is ~300 tokens, a 4K frame would be ~10k). 1280 tokens of 28x28 is the cap
+# the model card suggests; lvlm_service downscales to it before sending.
+_QWEN_PIXELS = {"min_pixels": 3136, "max_pixels": REFERENCE_LIMITS.max_pixels}
 PRESETS: dict[str, ModelPreset] = {
     preset.model: preset
     for preset in (
@@ -59,15 +73,30 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             "openbmb/MiniCPM-V-2_6", max_model_len=4096, images_per_prompt=1, trust_remote_code=True,
             notes="needs --trust-remote-code; its template inserts its own '(<image>./</image>)' placeholder and "
-                  "it slices large images into tiles; the paper used MiniCPM with beam search, vLLM decodes greedily",
+                  "it slices large images into tiles (up to 1344x1344); the paper used MiniCPM with beam search, "
+                  "vLLM decodes greedily",
+            limits=InputLimits(max_pixels=1344 * 1344, max_tokens=128),
         ),
     )
 }
 DEFAULT_PRESET = "Qwen/Qwen2.5-VL-7B-Instruct"
 
+# Models the transformers backend runs on a CPU box: smaller images keep an answer in seconds.
+LOCAL_LIMITS = {
+    "Qwen/Qwen2-VL-2B-Instruct": InputLimits(max_pixels=448 * 448, max_tokens=128),
+    # The tiny random VLM answers noise: a few tokens are enough to exercise every path.
+    "anyanomaly-tiny-qwen2-vl": InputLimits(max_pixels=224 * 224, max_tokens=8),
+}
+
 
 def preset_for(model: str) -> ModelPreset | None:
     return PRESETS.get(model)
+
+
+def limits_for(model: str) -> InputLimits:
+    """The input limits of `model`; the reference's for a model without a preset."""
+    preset = PRESETS.get(model)
+    return preset.limits if preset is not None else LOCAL_LIMITS.get(model, REFERENCE_LIMITS)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from services.common.errors import InvalidInput
 from services.common.presets import get_preset
 from services.common.profiles import profile_name
 from services.common.server import RpcContext, ServiceSpec
-from services.common.validation import lookup
+from services.common.validation import lookup, validate_max_tokens
 from services.lvlm_service.backends.base import Backend
 from services.lvlm_service.config import LvlmSettings
 from services.lvlm_service.engine import Item, LvlmEngine, Parser, ScoreParams
@@ -36,8 +36,7 @@ PARSERS = {
 
 
 def params_from_proto(options: lvlm_pb2.ScoreOptions, default_profile: str = "default") -> ScoreParams:
-    if options.max_tokens < 0:
-        raise InvalidInput(f"max_tokens must not be negative, got {options.max_tokens}")
+    validate_max_tokens(options.max_tokens)
     get_preset(options.preset)  # an unknown preset is refused here
     if len(options.output_label) > 40 or "\n" in options.output_label:
         raise InvalidInput("output_label must be a short single-line word such as 'Output'")
@@ -87,7 +86,9 @@ class LvlmServicer(lvlm_pb2_grpc.LvlmServiceServicer):
     async def GetModelInfo(self, request: common_pb2.GetModelInfoRequest, context: RpcContext) -> common_pb2.ModelInfo:
         info = self._engine.backend.info()
         return common_pb2.ModelInfo(name=info.model, weights=info.model, device=info.device, dtype=info.dtype,
-                                    random_weights=info.random_weights, backend=info.backend)
+                                    random_weights=info.random_weights, backend=info.backend,
+                                    max_image_pixels=self._engine.limits.max_pixels,
+                                    max_tokens=self._engine.limits.max_tokens)
 
 
 def make_backend(settings: LvlmSettings) -> Backend:

@@ -34,8 +34,11 @@ async def detect_stream(
 
 
 def _model(info: common_pb2.ModelInfo) -> dict[str, Any]:
-    return {"name": info.name, "weights": info.weights, "device": info.device, "backend": info.backend,
-            "random_weights": info.random_weights}
+    model = {"name": info.name, "weights": info.weights, "device": info.device, "backend": info.backend,
+             "random_weights": info.random_weights}
+    if info.max_image_pixels:  # the LVLM: what every image was downscaled to, the default answer length
+        model.update(max_image_pixels=info.max_image_pixels, max_tokens=info.max_tokens)
+    return model
 
 
 def _reason(score: orchestrator_pb2.TextSegmentScore) -> str:

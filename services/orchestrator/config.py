@@ -26,6 +26,8 @@ class OrchestratorSettings(ServerSettings):
     max_texts: int = setting(64, "most texts per detection, after splitting 'a-b' texts")
     max_frames: int = setting(1_000_000, "most frames read from one source")
     max_image_pixels: int = setting(3840 * 2160, "largest frame accepted, in pixels")
+    stream_timeout_seconds: float = setting(10.0, "a stream URI that does not connect, or sends no frame, within this "
+                                            "long fails the detection")
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OrchestratorSettings:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
-
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, echo
 from services.common.presets import get_preset
 from services.common.profiles import VALUES as PROFILE_VALUES
 from services.common.profiles import profile_name
-from services.common.validation import lookup
+from services.common.validation import lookup, validate_max_tokens
 from services.orchestrator.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS
 from services.orchestrator.pipeline import MIN_SEGMENT_FRAMES, DetectParams
 
 DEFAULT_SEGMENT_LENGTH = 24
 MAX_SEGMENT_LENGTH = 1024
+MAX_SIGMA = 1000.0  # frames; 40 s at 25 fps
+MAX_WEIGHT = 100.0
 FUSION_RULES = {orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX: "fuse_then_max",
                 orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE: "max_then_fuse"}
 TAIL_POLICIES = {orchestrator_pb2.TAIL_POLICY_SCORE: "score", orchestrator_pb2.TAIL_POLICY_DROP: "drop"}
@@ -31,12 +31,12 @@ def resolve(
         raise InvalidInput(f"segment_length {length} is out of range; use {MIN_SEGMENT_FRAMES}..{MAX_SEGMENT_LENGTH} "
                            f"(the paper uses {DEFAULT_SEGMENT_LENGTH})")
     weights = tuple(options.fusion_weights) or DEFAULT_WEIGHTS
-    if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise InvalidInput(f"fusion_weights must be 3 non-negative numbers (frame, position, temporal) with a "
-                           f"positive sum, got {list(weights)}")
+    if len(weights) != 3 or not all(0 <= w <= MAX_WEIGHT for w in weights) or sum(weights) <= 0:
+        raise InvalidInput(f"fusion_weights must be 3 numbers from 0 to {MAX_WEIGHT} (frame, position, temporal) "
+                           f"with a positive sum, got {[echo(w, 20) for w in weights[:4]]}")
     sigma = options.sigma if options.HasField("sigma") else DEFAULT_SIGMA
-    if not math.isfinite(sigma) or sigma < 0:
-        raise InvalidInput(f"sigma must be zero (no smoothing) or positive, got {sigma}")
+    if not 0 <= sigma <= MAX_SIGMA:  # also refuses NaN; the filter's work and memory grow with sigma
+        raise InvalidInput(f"sigma must be 0 (no smoothing) to {MAX_SIGMA} frames, got {echo(sigma, 20)}")
     parity = profile == "parity"
     tail = ("drop" if parity else "score") if not options.tail_policy else lookup(
         TAIL_POLICIES, options.tail_policy, "tail_policy")
@@ -56,9 +56,11 @@ def resolve(
     scoring.profile = scoring.profile or PROFILE_VALUES[profile]
     scoring.preset = scoring.preset or preset
     scoring.multi_text = scoring.multi_text or options.multi_text
-    for name in ("reason_threshold", "gate_threshold"):
-        if options.HasField(name) and not math.isfinite(getattr(options, name)):
-            raise InvalidInput(f"{name} must be a number, got {getattr(options, name)}")
+    if options.HasField("reason_threshold") and not 0 <= options.reason_threshold <= 1:
+        raise InvalidInput(f"reason_threshold is a fused score, 0..1; got {echo(options.reason_threshold, 20)}")
+    if options.HasField("gate_threshold") and not -1 <= options.gate_threshold <= 1:
+        raise InvalidInput(f"gate_threshold is a cosine similarity, -1..1; got {echo(options.gate_threshold, 20)}")
+    validate_max_tokens(scoring.max_tokens, "scoring.max_tokens")
     if scoring.multi_text and scoring.mode == lvlm_pb2.SCORE_MODE_FAST:
         raise InvalidInput("the fast mode reads one score per call from token probabilities; use multi_text with "
                            "the standard or reason_first mode")

@@ -24,7 +24,7 @@ from services.orchestrator.fusion import (
     smooth,
 )
 from services.orchestrator.service_clients import KeyFrameChoice, ServiceClients, StreamScore
-from services.orchestrator.sources import FrameSource
+from services.orchestrator.sources import ThreadedSource
 
 MIN_SEGMENT_FRAMES = 4  # the key-frame rule picks one frame in each quarter
 MISSING = StreamScore(0.0, "", False, "no answer for this stream")
@@ -220,7 +220,7 @@ class Detector:
             gated=gated, best_similarity=best_similarity,
         )
 
-    async def detect(self, source: FrameSource, texts: list[str], params: DetectParams) -> AsyncIterator[Update]:
+    async def detect(self, source: ThreadedSource, texts: list[str], params: DetectParams) -> AsyncIterator[Update]:
         clock = time.perf_counter()
         timings = Timings()
         clip_info, lvlm_info = await self._clients.model_infos()
@@ -232,7 +232,7 @@ class Detector:
         try:
             while True:
                 decode_started = time.perf_counter()
-                frames = await asyncio.to_thread(source.read, params.segment_length)
+                frames = await source.read(params.segment_length)
                 timings.decode += time.perf_counter() - decode_started
                 if not frames:
                     break
@@ -266,8 +266,9 @@ class Detector:
 
     @staticmethod
     def _summary(
-        source: FrameSource, outcomes: list[SegmentOutcome], frames_read: int, tail_extension: tuple[int, int] | None,
-        params: DetectParams, timings: Timings, clip_info: common_pb2.ModelInfo, lvlm_info: common_pb2.ModelInfo,
+        source: ThreadedSource, outcomes: list[SegmentOutcome], frames_read: int,
+        tail_extension: tuple[int, int] | None, params: DetectParams, timings: Timings,
+        clip_info: common_pb2.ModelInfo, lvlm_info: common_pb2.ModelInfo,
     ) -> Summary:
         spans = [(o.start, o.end, o.score) for o in outcomes]
         if tail_extension and outcomes:  # a tail of 1-3 frames takes the last segment's score

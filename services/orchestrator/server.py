@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -17,7 +16,7 @@ from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.fusion import split_texts
 from services.orchestrator.pipeline import Detector, SegmentOutcome, Started, Summary, Update
 from services.orchestrator.service_clients import ServiceClients, StreamScore
-from services.orchestrator.sources import FrameEncoding, open_source
+from services.orchestrator.sources import FrameEncoding, open_threaded
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
 TAIL_VALUES = {"score": orchestrator_pb2.TAIL_POLICY_SCORE, "drop": orchestrator_pb2.TAIL_POLICY_DROP}
@@ -88,9 +87,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         encoding = FrameEncoding(self._settings.frame_format, self._settings.jpeg_quality,
                                  self._settings.max_image_pixels)
         roots = [r for r in self._settings.media_roots.split(",") if r.strip()]
-        source = await asyncio.to_thread(
-            open_source, request.source.path, request.source.frame_folder, request.source.uri, encoding, roots
-        )
+        source = await open_threaded(request.source.path, request.source.frame_folder, request.source.uri, encoding,
+                                     roots, self._settings.stream_timeout_seconds)
         try:
             async for update in self._detector.detect(source, texts, params):
                 yield to_proto(update)

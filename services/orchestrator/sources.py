@@ -2,16 +2,26 @@
 
 Each frame is read once and handed on as encoded bytes: frame-folder files are sent
 as they are (the reference reads the same JPEGs), decoded video frames are encoded
-once (JPEG by default, PNG for exact pixels)."""
+once (JPEG by default, PNG for exact pixels).
+
+Opening and reading block (a stream may be slow or silent), so every detection's source
+lives on a thread of its own (`open_threaded`): a stalled source delays only its own
+detection. Streams are opened and read with PyAV, with a timeout; only regular files are
+read as videos (a FIFO or a device would block forever)."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import av
 import cv2
 import numpy as np
 
@@ -55,16 +65,18 @@ def numeric_key(path: Path) -> tuple[tuple[int, ...], str]:
 
 
 class VideoSource:
-    def __init__(self, location: str, kind: str, encoding: FrameEncoding) -> None:
+    """A video file, decoded with OpenCV."""
+
+    def __init__(self, location: str, encoding: FrameEncoding) -> None:
         self._capture = cv2.VideoCapture(location)
         if not self._capture.isOpened():
             raise InvalidInput(f"cannot open {echo(location, 200)} as a video: OpenCV could not read it "
-                               "(unsupported or corrupt file, or an unreachable stream)")
+                               "(unsupported or corrupt file)")
         self._encoding = encoding
         self._read = 0
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if kind == "file" else 0
-        self.info = SourceInfo(kind, location, fps if np.isfinite(fps) else 0.0, max(count, 0))
+        count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.info = SourceInfo("file", location, fps if np.isfinite(fps) else 0.0, max(count, 0))
 
     def read(self, count: int) -> list[bytes]:
         frames: list[bytes] = []
@@ -72,10 +84,7 @@ class VideoSource:
             ok, bgr = self._capture.read()
             if not ok or bgr is None:
                 break
-            height, width = bgr.shape[:2]
-            if self._encoding.max_pixels and height * width > self._encoding.max_pixels:
-                raise InvalidInput(f"{self.info.location}: frames are {width}x{height}, above the limit of "
-                                   f"{self._encoding.max_pixels} pixels")
+            check_frame_size(bgr, self.info.location, self._encoding.max_pixels)
             frames.append(self._encoding.encode(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
         if not frames and self._read == 0:
             raise InvalidInput(f"{self.info.location}: no frame could be decoded (empty or corrupt video)")
@@ -84,6 +93,57 @@ class VideoSource:
 
     def close(self) -> None:
         self._capture.release()
+
+
+class StreamSource:
+    """A stream URI (RTSP, HTTP, ...), decoded with PyAV. Not OpenCV: its FFmpeg backend opens
+    under one process-wide lock, so one silent camera would hold up every other open."""
+
+    def __init__(self, uri: str, encoding: FrameEncoding, timeout_seconds: float) -> None:
+        self._timeout = timeout_seconds
+        try:  # the timeouts bound the connection and every later read
+            self._container = av.open(uri, timeout=(timeout_seconds, timeout_seconds))
+        except (av.FFmpegError, OSError) as exc:
+            raise InvalidInput(f"cannot open {echo(uri, 200)} as a video: {self._why(exc)}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise InvalidInput(f"{echo(uri, 200)} has no video stream")
+        stream = self._container.streams.video[0]
+        self._frames = self._container.decode(stream)
+        self._encoding = encoding
+        self._read = 0
+        self.info = SourceInfo("stream", uri, float(stream.average_rate or 0.0), 0)
+
+    def _why(self, error: Exception) -> str:
+        if isinstance(error, av.ExitError | TimeoutError):
+            return f"it did not answer within {self._timeout:g} s"
+        return f"it is unreachable or sends no video ({getattr(error, 'strerror', None) or error})"
+
+    def read(self, count: int) -> list[bytes]:
+        frames: list[bytes] = []
+        while len(frames) < count:
+            try:
+                frame = next(self._frames)
+            except StopIteration:
+                break
+            except (av.FFmpegError, OSError) as exc:
+                raise InvalidInput(f"{echo(self.info.location, 200)} broke off after {self._read + len(frames)} "
+                                   f"frames: {self._why(exc)}") from None
+            rgb = frame.to_ndarray(format="rgb24")
+            check_frame_size(rgb, self.info.location, self._encoding.max_pixels)
+            frames.append(self._encoding.encode(rgb))
+        self._read += len(frames)
+        return frames
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def check_frame_size(rgb: np.ndarray, location: str, max_pixels: int) -> None:
+    height, width = rgb.shape[:2]
+    if max_pixels and height * width > max_pixels:
+        raise InvalidInput(f"{echo(location, 200)}: frames are {width}x{height}, above the limit of {max_pixels} "
+                           "pixels")
 
 
 class FolderSource:
@@ -127,23 +187,74 @@ def _check_roots(path: Path, roots: Sequence[str]) -> None:
         raise PermissionDenied(f"{path} is outside the media folders this service may read ({', '.join(roots)})")
 
 
+MAX_PATH_CHARS = 4096  # PATH_MAX
+
+
+def _file_kind(target: Path, location: str) -> str:
+    """"dir" or "file" for a readable source; InvalidInput for anything else."""
+    try:
+        mode = target.stat().st_mode  # stat never blocks, unlike opening a FIFO
+    except FileNotFoundError:
+        raise InvalidInput(f"no such file or folder: {echo(location, 200)}") from None
+    except (OSError, ValueError) as exc:  # too long a name, no permission, a NUL in the path
+        raise InvalidInput(f"cannot read {echo(location, 200)}: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if not stat.S_ISREG(mode):
+        raise InvalidInput(f"{echo(location, 200)} is not a regular file (a FIFO, socket or device); give a video "
+                           "file or a folder of frames")
+    return "file"
+
+
 def open_source(
     path: str = "", frame_folder: str = "", uri: str = "", encoding: FrameEncoding = FrameEncoding(),
-    media_roots: Sequence[str] = (),
+    media_roots: Sequence[str] = (), stream_timeout_seconds: float = 10.0,
 ) -> FrameSource:
+    """Open a source (blocking: call it from the source's own thread, see open_threaded)."""
     if uri:
+        if len(uri) > MAX_PATH_CHARS:
+            raise InvalidInput(f"the stream URI has {len(uri)} characters; the limit is {MAX_PATH_CHARS}")
         if not uri.lower().startswith(STREAM_SCHEMES):
             raise InvalidInput(f"unsupported stream URI {echo(uri, 200)}; use one of {', '.join(STREAM_SCHEMES)}")
-        return VideoSource(uri, "stream", encoding)
+        return StreamSource(uri, encoding, stream_timeout_seconds)
     location = path or frame_folder
     if not location:
         raise InvalidInput("no source given: set a video file path, a frame folder or a stream URI")
+    if len(location) > MAX_PATH_CHARS:
+        raise InvalidInput(f"the path has {len(location)} characters; the limit is {MAX_PATH_CHARS}")
     target = Path(location).expanduser()
     _check_roots(target, media_roots)
-    if not target.exists():
-        raise InvalidInput(f"no such file or folder: {location}")
-    if target.is_dir():
+    if _file_kind(target, location) == "dir":
         return FolderSource(target, encoding)
     if frame_folder:
-        raise InvalidInput(f"{location} is a file, not a folder of frames")
-    return VideoSource(str(target), "file", encoding)
+        raise InvalidInput(f"{echo(location, 200)} is a file, not a folder of frames")
+    return VideoSource(str(target), encoding)
+
+
+class ThreadedSource:
+    """A FrameSource whose blocking calls run on a thread of its own."""
+
+    def __init__(self, source: FrameSource, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.info = source.info
+        self._source = source
+        self._executor = executor
+
+    async def read(self, count: int) -> list[bytes]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._source.read, count)
+
+    def close(self) -> None:
+        """Release the source after any read in progress, without waiting for it."""
+        self._executor.submit(self._source.close)
+        self._executor.shutdown(wait=False)
+
+
+async def open_threaded(*args: object, **kwargs: object) -> ThreadedSource:
+    """open_source(...) on a new thread that then serves this source's reads."""
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="source")
+    try:
+        source = await asyncio.get_running_loop().run_in_executor(
+            executor, functools.partial(open_source, *args, **kwargs))  # type: ignore[arg-type]
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    return ThreadedSource(source, executor)

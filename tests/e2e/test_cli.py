@@ -51,6 +51,7 @@ def test_detect_with_the_embedded_stack_writes_the_result_json(tmp_path: Path) -
     result = json.loads(output.read_text())
     check_schema(result, 76, ["running", "bicycle"])
     assert result["complete"] is True
+    assert (result["models"]["lvlm"]["max_image_pixels"], result["models"]["lvlm"]["max_tokens"]) == (224 * 224, 8)
     assert [(s["start_frame"], s["end_frame"]) for s in result["segments"]] == [(0, 24), (24, 48), (48, 72),
                                                                                 (72, 76)]
     assert "result written to" in done.stdout and "meaningless" in done.stdout

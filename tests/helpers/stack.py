@@ -44,7 +44,7 @@ async def start_context(clip_address: str, **overrides: object) -> RunningServer
 
 def lvlm_settings(**overrides: object) -> LvlmSettings:
     settings = LvlmSettings(host="127.0.0.1", port=0, backend="transformers", models="tiny", log_format="text",
-                            grace_seconds=5.0, max_tokens=16)
+                            grace_seconds=5.0)
     for key, value in overrides.items():
         setattr(settings, key, value)
     return settings

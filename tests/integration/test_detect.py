@@ -5,6 +5,10 @@ the tiny random LVLM runs the real transformers path where only the flow is chec
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -172,3 +176,27 @@ async def test_sources_longer_than_max_frames_are_refused(tmp_path: Path) -> Non
         assert "more than 30 frames" in (caught.value.details() or "")
     finally:
         await stack.shutdown()
+
+
+@pytest.fixture
+def http_videos() -> Iterator[str]:
+    """The fixture clips served over HTTP by a real web server on 127.0.0.1."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(avenue_clip("08").parent))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_a_stream_uri_gives_the_same_frames_and_scores_as_the_file(scripted: Scripted, http_videos: str) -> None:
+    from_file = split(await detect(scripted.address, orchestrator_pb2.VideoSource(path=str(avenue_clip("08"))),
+                                   ["running"]))
+    from_stream = split(await detect(scripted.address, orchestrator_pb2.VideoSource(uri=f"{http_videos}/08.avi"),
+                                     ["running"]))
+    assert from_stream[0].fps == 25.0 and from_stream[0].num_frames == 0  # a stream's length is not known ahead
+    assert [(s.start_frame, s.end_frame) for s in from_stream[1]] == [(0, 24), (24, 36)]
+    assert expected.segments_of(from_stream[1]) == expected.segments_of(from_file[1])
+    assert list(from_stream[2].frame_scores) == list(from_file[2].frame_scores)

@@ -3,13 +3,17 @@ OpenAI-compatible HTTP server standing in for `vllm serve`, which needs a GPU)."
 
 from __future__ import annotations
 
+import base64
 import threading
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
-from anyanomaly.v1 import common_pb2, lvlm_pb2
+from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 
+from services.common.clients import open_channel
+from services.common.images import encode_jpeg, encode_png, header_size
 from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text
 from tests.helpers.lvlm import IMAGE, openai_lvlm, score, segment_items
 from tests.helpers.stack import lvlm_settings, start_lvlm
@@ -177,3 +181,46 @@ async def test_parity_profile_uses_the_reference_prompt_label_parser_and_no_retr
     assert (car_parity.score, car_parity.parsed, car_parity.attempts) == (0.0, False, 1)  # no retry in parity
     assert car_default.attempts == 2
     assert parity.usage.calls == 6 and default.usage.calls == 9  # car is retried in each of its 3 images
+
+
+def received_sizes(fake: FakeOpenAIServer) -> list[tuple[int, int]]:
+    """(width, height) of every image the server was sent."""
+    sizes = []
+    for request in fake.requests:
+        url = next(m for m in request["messages"] if m["role"] == "user")["content"][0]["image_url"]["url"]
+        sizes.append(header_size(base64.b64decode(url.split(",", 1)[1])) or (0, 0))
+    return sizes
+
+
+async def test_images_are_downscaled_to_the_models_pixel_bound_before_sending(
+    fake: FakeOpenAIServer, avenue21_frames: list[np.ndarray]
+) -> None:
+    frame = encode_jpeg(avenue21_frames[0])  # 640x360 = 230,400 pixels
+    context = encode_png(avenue21_frames[1][:224, :224])  # a 224x224 context image, 50,176 pixels
+    items = [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=frame), kind=lvlm_pb2.CONTEXT_KIND_FRAME, texts=["car"]),
+             lvlm_pb2.ScoreItem(image=common_pb2.Image(data=context), kind=lvlm_pb2.CONTEXT_KIND_POSITION,
+                                texts=["car"])]
+    lvlm = await openai_lvlm(fake, downscale_to_pixels=40_000)
+    try:
+        await score(lvlm.address, items)
+        async with open_channel(lvlm.address) as channel:
+            info = await lvlm_pb2_grpc.LvlmServiceStub(channel).GetModelInfo(common_pb2.GetModelInfoRequest())
+    finally:
+        await lvlm.shutdown(1.0)
+    (frame_w, frame_h), (context_w, context_h) = received_sizes(fake)
+    assert frame_w * frame_h <= 40_000 and abs(frame_w / frame_h - 640 / 360) < 0.02  # aspect kept
+    assert context_w * context_h <= 40_000 and context_w == context_h
+    assert info.max_image_pixels == 40_000
+
+
+async def test_the_model_presets_bound_decides_when_none_is_set(fake: FakeOpenAIServer,
+                                                                 avenue21_frames: list[np.ndarray]) -> None:
+    big = encode_jpeg(np.concatenate([np.concatenate([avenue21_frames[0]] * 3, axis=1)] * 3))  # 1920x1080
+    lvlm = await openai_lvlm(fake)  # Qwen2.5-VL-7B: 1280 tokens of 28x28 pixels
+    try:
+        await score(lvlm.address, [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=big),
+                                                      kind=lvlm_pb2.CONTEXT_KIND_FRAME, texts=["car"])])
+    finally:
+        await lvlm.shutdown(1.0)
+    ((width, height),) = received_sizes(fake)
+    assert 1280 * 28 * 28 >= width * height >= 950_000 and (width, height) != (1920, 1080)

@@ -124,3 +124,20 @@ async def test_multi_text_with_a_model_that_cannot_answer_json_reports_every_tex
         for pair in item.scores:  # random weights: no JSON, so every text is a reported failure
             assert not pair.parsed and "JSON object keyed by text" in pair.error and pair.attempts == 2
     assert response.usage.failures == 4
+
+
+async def test_the_tiny_model_answers_briefly_about_small_images() -> None:
+    """A smoke run must take minutes: the tiny model's preset bounds its answers to a few tokens
+    and its images to 224x224 pixels, and lvlm_service says so."""
+    lvlm = await start_lvlm(lvlm_settings())
+    try:
+        async with open_channel(lvlm.address) as channel:
+            stub = lvlm_pb2_grpc.LvlmServiceStub(channel)
+            info = await stub.GetModelInfo(common_pb2.GetModelInfoRequest())
+            response = await stub.Score(lvlm_pb2.ScoreRequest(items=segment_items(["running"])))
+    finally:
+        await lvlm.shutdown(1.0)
+    assert (info.max_tokens, info.max_image_pixels) == (8, 224 * 224)
+    usage = response.usage
+    first_calls = usage.calls - usage.retries
+    assert usage.completion_tokens <= 8 * first_calls + 16 * usage.retries  # a cut answer is retried with twice

@@ -135,6 +135,8 @@ class ModelInfo(_message.Message):
     EMBED_DIM_FIELD_NUMBER: _builtins.int
     IMAGE_SIZE_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """e.g. "ViT-B-32-quickgelu" or "Qwen/Qwen2.5-VL-7B-Instruct" """
     weights: _builtins.str
@@ -151,6 +153,10 @@ class ModelInfo(_message.Message):
     """CLIP input resolution (0 where not applicable)"""
     backend: _builtins.str
     """LVLM backend name (empty for CLIP)"""
+    max_image_pixels: _builtins.int
+    """LVLM: every image it is sent is first downscaled (aspect kept) to at most this many pixels."""
+    max_tokens: _builtins.int
+    """LVLM: the default answer length in tokens"""
     def __init__(
         self,
         *,
@@ -162,10 +168,12 @@ class ModelInfo(_message.Message):
         embed_dim: _builtins.int = ...,
         image_size: _builtins.int = ...,
         backend: _builtins.str = ...,
+        max_image_pixels: _builtins.int = ...,
+        max_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "dtype", b"dtype", "embed_dim", b"embed_dim", "image_size", b"image_size", "name", b"name", "random_weights", b"random_weights", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "dtype", b"dtype", "embed_dim", b"embed_dim", "image_size", b"image_size", "max_image_pixels", b"max_image_pixels", "max_tokens", b"max_tokens", "name", b"name", "random_weights", b"random_weights", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

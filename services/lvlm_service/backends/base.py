@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -14,6 +18,13 @@ class Prompt:
     max_tokens: int
     json_schema: dict[str, Any] | None = None  # constrain the answer where the engine can
     top_logprobs: int = 0  # > 0: return this many candidates (with log-probabilities) per answer token
+    pixels: np.ndarray | None = field(default=None, compare=False)  # the image decoded (RGB), for local engines
+
+    def rgb(self) -> Image.Image:
+        """The image as PIL RGB (decoded already by the service; from the bytes otherwise)."""
+        if self.pixels is not None:
+            return Image.fromarray(self.pixels)
+        return Image.open(io.BytesIO(self.image)).convert("RGB")
 
 
 @dataclass

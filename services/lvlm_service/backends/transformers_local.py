@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import logging
 import re
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from services.common.errors import ModelLoadError
 from services.lvlm_service.backends.base import BackendInfo, Completion, Prompt
@@ -22,6 +23,18 @@ from services.lvlm_service.backends.tiny_vlm import TINY_VLM_NAME, build_tiny_vl
 
 log = logging.getLogger("anyanomaly.lvlm.transformers")
 _NUMERIC = re.compile(r"^(?:\d|\.\d)[\d.]*$")
+
+
+class _StopWhen(StoppingCriteria):  # type: ignore[misc]  # transformers is untyped here
+    """Ends generation (every row of the batch) once `event` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        stop: torch.BoolTensor = torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool,
+                                            device=input_ids.device)  # type: ignore[assignment]
+        return stop
 
 
 class TransformersBackend:
@@ -87,14 +100,19 @@ class TransformersBackend:
         loop = asyncio.get_running_loop()
         batches = [prompts[i : i + self._batch_size] for i in range(0, len(prompts), self._batch_size)]
         queued = time.perf_counter()
-        futures = [loop.run_in_executor(self._executor, self._generate, list(b), queued) for b in batches]
-        results: list[Completion] = []
-        for batch_result in await asyncio.gather(*futures):
-            results.extend(batch_result)
-        return results
+        abandoned = threading.Event()
+        futures = [loop.run_in_executor(self._executor, self._generate, list(b), queued, abandoned) for b in batches]
+        try:
+            batch_results = await asyncio.gather(*futures)
+        except asyncio.CancelledError:
+            # The caller went away: batches not started are dropped with their futures, and the
+            # one generating stops at its next token instead of holding the model thread.
+            abandoned.set()
+            raise
+        return [completion for batch in batch_results for completion in batch]
 
     def _conversation(self, prompt: Prompt, image: Image.Image | None = None) -> list[dict[str, Any]]:
-        image = image or Image.open(io.BytesIO(prompt.image)).convert("RGB")
+        image = image or prompt.rgb()
         messages: list[dict[str, Any]] = []
         if self._system_prompt:
             messages.append({"role": "system", "content": [{"type": "text", "text": self._system_prompt}]})
@@ -118,12 +136,12 @@ class TransformersBackend:
         decode = self._processor.tokenizer.decode
         return sorted(((decode([i]), float(logprobs[i])) for i in ids), key=lambda c: -c[1])
 
-    def _generate(self, prompts: list[Prompt], queued: float) -> list[Completion]:
+    def _generate(self, prompts: list[Prompt], queued: float, abandoned: threading.Event) -> list[Completion]:
         started = time.perf_counter()
-        images: dict[bytes, Image.Image] = {}  # a segment's texts share images: decode each once
+        images: dict[bytes, Image.Image] = {}  # a segment's texts share images: convert each once
         for prompt in prompts:
             if prompt.image not in images:
-                images[prompt.image] = Image.open(io.BytesIO(prompt.image)).convert("RGB")
+                images[prompt.image] = prompt.rgb()
         inputs = self._processor.apply_chat_template(
             [self._conversation(p, images[p.image]) for p in prompts], add_generation_prompt=True, tokenize=True,
             return_dict=True, return_tensors="pt", processor_kwargs={"padding": True},
@@ -134,6 +152,7 @@ class TransformersBackend:
             output = self._model.generate(
                 **inputs, max_new_tokens=max_tokens, do_sample=False,
                 output_scores=bool(want_logprobs), return_dict_in_generate=True,
+                stopping_criteria=StoppingCriteriaList([_StopWhen(abandoned)]),
             )
         new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
         texts = self._processor.batch_decode(new_tokens, skip_special_tokens=True)

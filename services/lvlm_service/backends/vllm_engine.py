@@ -9,7 +9,6 @@ GPU, so on a CPU machine only the request mapping and the output conversion belo
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 import uuid
@@ -109,15 +108,13 @@ class VllmEngineBackend:
         return str(self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     async def _one(self, prompt: Prompt) -> Completion:
-        from PIL import Image
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         settings = sampling_settings(prompt)
         schema = settings.pop("json_schema")
         params = SamplingParams(**settings, structured_outputs=StructuredOutputsParams(json=schema) if schema else None)
-        image = Image.open(io.BytesIO(prompt.image)).convert("RGB")
-        request = {"prompt": self._chat_text(prompt.text), "multi_modal_data": {"image": image}}
+        request = {"prompt": self._chat_text(prompt.text), "multi_modal_data": {"image": prompt.rgb()}}
         started = time.perf_counter()
         final = None
         async for output in self._engine.generate(request, params, request_id=uuid.uuid4().hex):
