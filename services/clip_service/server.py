@@ -8,31 +8,11 @@ from services.clip_service.config import ClipSettings
 from services.clip_service.engine import ClipEngine, Selection, TextEncoding
 from services.clip_service.ksm import Strategy
 from services.clip_service.preprocess import Mode
+from services.common.enums import KEY_FRAME_STRATEGY, PREPROCESS, TEXT_ENCODING
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor
-from services.common.validation import lookup
 
 SERVICE_NAME = clip_pb2.DESCRIPTOR.services_by_name["ClipService"].full_name
-
-_ENCODINGS = {
-    clip_pb2.TEXT_ENCODING_UNSPECIFIED: TextEncoding.RAW,
-    clip_pb2.TEXT_ENCODING_RAW: TextEncoding.RAW,
-    clip_pb2.TEXT_ENCODING_TEMPLATE_ENSEMBLE: TextEncoding.TEMPLATE_ENSEMBLE,
-}
-_MODES = {
-    clip_pb2.PREPROCESS_UNSPECIFIED: Mode.CENTER_CROP,
-    clip_pb2.PREPROCESS_CENTER_CROP: Mode.CENTER_CROP,
-    clip_pb2.PREPROCESS_SQUASH: Mode.SQUASH,
-    clip_pb2.PREPROCESS_SQUASH_NORMALIZED: Mode.SQUASH_NORMALIZED,
-}
-STRATEGIES = {
-    common_pb2.KEY_FRAME_STRATEGY_UNSPECIFIED: Strategy.CLIP_THEN_GROUPING,
-    common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING: Strategy.CLIP_THEN_GROUPING,
-    common_pb2.KEY_FRAME_STRATEGY_RANDOM: Strategy.RANDOM,
-    common_pb2.KEY_FRAME_STRATEGY_CLIP_TOP4: Strategy.CLIP_TOP4,
-    common_pb2.KEY_FRAME_STRATEGY_GROUPING_THEN_CLIP: Strategy.GROUPING_THEN_CLIP,
-}
-
 
 def _selection(selection: Selection) -> clip_pb2.KeyFrameSelection:
     return clip_pb2.KeyFrameSelection(
@@ -48,14 +28,14 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
     async def EmbedTexts(
         self, request: clip_pb2.EmbedTextsRequest, context: RpcContext
     ) -> clip_pb2.EmbedTextsResponse:
-        encoding = lookup(_ENCODINGS, request.encoding, "text encoding")
+        encoding = TEXT_ENCODING.member(request.encoding, TextEncoding, TextEncoding.RAW)
         vectors = await self._engine.embed_texts(list(request.texts), encoding)
         return clip_pb2.EmbedTextsResponse(embeddings=to_tensor(vectors))
 
     async def EmbedImages(
         self, request: clip_pb2.EmbedImagesRequest, context: RpcContext
     ) -> clip_pb2.EmbedImagesResponse:
-        mode = lookup(_MODES, request.preprocess, "preprocess")
+        mode = PREPROCESS.member(request.preprocess, Mode, Mode.CENTER_CROP)
         windows = [(w.size, w.stride) for w in request.windows]
         result = await self._engine.embed_images(
             [image.data for image in request.images], mode, windows
@@ -69,8 +49,8 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
     async def SelectKeyFrames(
         self, request: clip_pb2.SelectKeyFramesRequest, context: RpcContext
     ) -> clip_pb2.SelectKeyFramesResponse:
-        strategy = lookup(STRATEGIES, request.strategy, "key-frame strategy")
-        mode = lookup(_MODES, request.preprocess, "preprocess")
+        strategy = KEY_FRAME_STRATEGY.member(request.strategy, Strategy, Strategy.CLIP_THEN_GROUPING)
+        mode = PREPROCESS.member(request.preprocess, Mode, Mode.CENTER_CROP)
         result = await self._engine.select_key_frames(
             [frame.data for frame in request.frames], list(request.texts), strategy, request.seed, mode,
             joint=request.joint,

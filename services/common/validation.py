@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 from services.common.errors import InvalidInput
-
-T = TypeVar("T")
 
 MAX_TEXT_CHARS = 300
 MAX_TEXTS = 256
@@ -53,10 +50,3 @@ def validate_max_tokens(value: int, what: str = "max_tokens") -> int:
         raise InvalidInput(f"{what} must be 0 (the service default) to {MAX_ANSWER_TOKENS}, got {value}")
     return value
 
-
-def lookup(table: Mapping[Any, T], value: int, what: str) -> T:
-    """The contract enum `value` as the service's own type; InvalidInput for a value this
-    version does not know (a newer client, or a number sent by hand)."""
-    if value not in table:
-        raise InvalidInput(f"unknown {what} value {value}")
-    return table[value]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from anyanomaly.v1 import common_pb2, context_pb2, context_pb2_grpc
 
-from services.common.profiles import profile_name
+from services.common.enums import PROFILE, TEMPORAL_SELECTION
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor
-from services.common.validation import lookup
 from services.context_service.clip_client import ClipClient
 from services.context_service.config import ContextSettings
 from services.context_service.engine import ContextEngine, Query
@@ -16,16 +15,9 @@ from services.context_service.params import ContextParams, TemporalSelection, re
 SERVICE_NAME = context_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
 
 
-SELECTIONS = {
-    context_pb2.TEMPORAL_SELECTION_UNSPECIFIED: TemporalSelection.MAX_WINDOW,
-    context_pb2.TEMPORAL_SELECTION_MAX_WINDOW: TemporalSelection.MAX_WINDOW,
-    context_pb2.TEMPORAL_SELECTION_GRID_EMBEDDING: TemporalSelection.GRID_EMBEDDING,
-}
-
-
 def params_from_proto(options: context_pb2.ContextOptions, default_profile: str = "default") -> ContextParams:
     return resolve_params(
-        profile=profile_name(options.profile, default_profile),
+        profile=PROFILE.name(options.profile, default_profile),
         preset=options.preset,
         window_sizes=tuple(options.window_sizes),
         half_stride=options.half_stride,
@@ -34,7 +26,8 @@ def params_from_proto(options: context_pb2.ContextOptions, default_profile: str 
         minmax_epsilon=options.minmax_epsilon if options.HasField("minmax_epsilon") else None,
         class_adaptive=options.class_adaptive if options.HasField("class_adaptive") else None,
         include_attention_map=options.include_attention_map,
-        temporal_selection=lookup(SELECTIONS, options.temporal_selection, "temporal_selection"),
+        temporal_selection=TEMPORAL_SELECTION.member(options.temporal_selection, TemporalSelection,
+                                                        TemporalSelection.MAX_WINDOW),
     )
 
 

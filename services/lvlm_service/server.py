@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 
+from services.common.enums import CONTEXT_KIND, PROFILE, SCORE_MODE, SCORE_PARSER
 from services.common.errors import InvalidInput
 from services.common.presets import get_preset
-from services.common.profiles import profile_name
 from services.common.server import RpcContext, ServiceSpec
-from services.common.validation import lookup, validate_max_tokens
+from services.common.validation import validate_max_tokens
 from services.lvlm_service.backends.base import Backend
 from services.lvlm_service.config import LvlmSettings
 from services.lvlm_service.engine import Item, LvlmEngine, Parser, ScoreParams
@@ -16,47 +16,28 @@ from services.lvlm_service.prompts import Kind, Mode
 
 SERVICE_NAME = lvlm_pb2.DESCRIPTOR.services_by_name["LvlmService"].full_name
 
-KINDS = {
-    lvlm_pb2.CONTEXT_KIND_FRAME: Kind.FRAME,
-    lvlm_pb2.CONTEXT_KIND_POSITION: Kind.POSITION,
-    lvlm_pb2.CONTEXT_KIND_TEMPORAL: Kind.TEMPORAL,
-}
-KIND_VALUES = {kind: value for value, kind in KINDS.items()}
-MODES = {
-    lvlm_pb2.SCORE_MODE_UNSPECIFIED: Mode.STANDARD,
-    lvlm_pb2.SCORE_MODE_STANDARD: Mode.STANDARD,
-    lvlm_pb2.SCORE_MODE_FAST: Mode.FAST,
-    lvlm_pb2.SCORE_MODE_REASON_FIRST: Mode.REASON_FIRST,
-}
-PARSERS = {
-    lvlm_pb2.SCORE_PARSER_UNSPECIFIED: None,
-    lvlm_pb2.SCORE_PARSER_ROBUST: Parser.ROBUST,
-    lvlm_pb2.SCORE_PARSER_FIRST_NUMBER: Parser.FIRST_NUMBER,
-}
-
-
 def params_from_proto(options: lvlm_pb2.ScoreOptions, default_profile: str = "default") -> ScoreParams:
     validate_max_tokens(options.max_tokens)
     get_preset(options.preset)  # an unknown preset is refused here
     if len(options.output_label) > 40 or "\n" in options.output_label:
         raise InvalidInput("output_label must be a short single-line word such as 'Output'")
     return ScoreParams(
-        profile=profile_name(options.profile, default_profile), preset=options.preset,
-        parser=lookup(PARSERS, options.parser, "score parser"), max_tokens=options.max_tokens,
+        profile=PROFILE.name(options.profile, default_profile), preset=options.preset,
+        parser=Parser(SCORE_PARSER.name(options.parser, "")) if options.parser else None, max_tokens=options.max_tokens,
         output_label=options.output_label,
         retry_unparsed=options.retry_unparsed if options.HasField("retry_unparsed") else None,
         reference_prompt_typo=options.reference_prompt_typo if options.HasField("reference_prompt_typo") else None,
         structured_output=options.structured_output if options.HasField("structured_output") else None,
-        mode=lookup(MODES, options.mode, "score mode"), multi_text=options.multi_text,
+        mode=SCORE_MODE.member(options.mode, Mode, Mode.STANDARD), multi_text=options.multi_text,
     )
 
 
 def items_from_proto(items: list[lvlm_pb2.ScoreItem]) -> list[Item]:
     converted = []
     for position, item in enumerate(items):
-        if item.kind not in KINDS:  # UNSPECIFIED too: the prompt depends on it
+        if item.kind not in CONTEXT_KIND.names:  # UNSPECIFIED too: the prompt depends on it
             raise InvalidInput(f"items[{position}].kind must be FRAME, POSITION or TEMPORAL")
-        converted.append(Item(item.image.data, KINDS[item.kind], tuple(item.texts)))
+        converted.append(Item(item.image.data, Kind(CONTEXT_KIND.names[item.kind]), tuple(item.texts)))
     return converted
 
 
@@ -70,7 +51,7 @@ class LvlmServicer(lvlm_pb2_grpc.LvlmServiceServicer):
         result = await self._engine.score(items, params)
         response = lvlm_pb2.ScoreResponse()
         for item, scores in zip(items, result.items, strict=True):
-            response.items.add(kind=KIND_VALUES[item.kind], scores=[
+            response.items.add(kind=CONTEXT_KIND.value(item.kind.value), scores=[
                 lvlm_pb2.TextScore(text=s.text, score=s.score, reason=s.reason, raw_answer=s.raw_answer,
                                    parsed=s.parsed, error=s.error, attempts=s.attempts)
                 for s in scores

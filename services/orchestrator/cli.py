@@ -21,29 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
+from anyanomaly.v1 import common_pb2, orchestrator_pb2
 
+from services.common.enums import (
+    KEY_FRAME_STRATEGY,
+    MULTI_TEXT_FUSION,
+    PROFILE,
+    SCORE_MODE,
+    TAIL_POLICY,
+    TEMPORAL_SELECTION,
+)
 from services.common.errors import FAILED_SERVICE_HEADER, InvalidInput
-from services.common.profiles import VALUES as PROFILE_VALUES
 from services.evaluation import command as eval_command
 from services.launcher import EmbeddedStack, StackError, StackOptions
 from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
 
 PROG = "anyanomaly"
 BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
-TAILS = {"score": orchestrator_pb2.TAIL_POLICY_SCORE, "drop": orchestrator_pb2.TAIL_POLICY_DROP}
-STRATEGIES = {
-    "clip_then_grouping": common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING,
-    "random": common_pb2.KEY_FRAME_STRATEGY_RANDOM,
-    "clip_top4": common_pb2.KEY_FRAME_STRATEGY_CLIP_TOP4,
-    "grouping_then_clip": common_pb2.KEY_FRAME_STRATEGY_GROUPING_THEN_CLIP,
-}
-SELECTIONS = {"max_window": context_pb2.TEMPORAL_SELECTION_MAX_WINDOW,
-              "grid_embedding": context_pb2.TEMPORAL_SELECTION_GRID_EMBEDDING}
-MODES = {"standard": lvlm_pb2.SCORE_MODE_STANDARD, "fast": lvlm_pb2.SCORE_MODE_FAST,
-         "reason_first": lvlm_pb2.SCORE_MODE_REASON_FIRST}
-FUSION_RULES = {"fuse_then_max": orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX,
-                "max_then_fuse": orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE}
 
 
 class UsageError(Exception):
@@ -58,7 +52,7 @@ def _add_stack_options(parser: argparse.ArgumentParser) -> None:
                                                        "http://gpu-node:8000/v1) instead of a local model")
     parser.add_argument("--lvlm-model", default="", help="the model name that server serves")
     parser.add_argument("--log-dir", type=Path, default=None, help="write the services' logs to this folder")
-    parser.add_argument("--profile", choices=tuple(PROFILE_VALUES), default=None,
+    parser.add_argument("--profile", choices=PROFILE.choices, default=None,
                         help="'parity' reproduces the authors' code, quirks included; for `serve`, the services' "
                              "default for requests that name no profile")
 
@@ -84,17 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--weights", type=float, nargs=3, metavar=("FRAME", "POSITION", "TEMPORAL"),
                         help="fusion weights (default 0.6 0.3 0.1)")
     detect.add_argument("--sigma", type=float, default=None, help="Gaussian smoothing over frames (default 15; 0 off)")
-    detect.add_argument("--tail", choices=tuple(TAILS), default=None,
+    detect.add_argument("--tail", choices=TAIL_POLICY.choices, default=None,
                         help="last partial segment: 'score' it (default) or 'drop' it (parity)")
     detect.add_argument("--keep-hyphens", action="store_true", help="do not split 'a-b' texts into a and b")
-    detect.add_argument("--strategy", choices=tuple(STRATEGIES), default=None,
+    detect.add_argument("--strategy", choices=KEY_FRAME_STRATEGY.choices, default=None,
                         help="key-frame strategy (default clip_then_grouping, the paper's)")
     detect.add_argument("--half-stride", action="store_true", help="overlapping windows (stride = window / 2)")
-    detect.add_argument("--grid-selection", choices=tuple(SELECTIONS), default=None,
+    detect.add_argument("--grid-selection", choices=TEMPORAL_SELECTION.choices, default=None,
                         help="temporal-context position: max_window (the reference) or grid_embedding (the paper)")
-    detect.add_argument("--fusion-rule", choices=tuple(FUSION_RULES), default=None,
+    detect.add_argument("--fusion-rule", choices=MULTI_TEXT_FUSION.choices, default=None,
                         help="several texts: fuse_then_max (default) or max_then_fuse (the reference)")
-    detect.add_argument("--mode", choices=tuple(MODES), default="standard",
+    detect.add_argument("--mode", choices=SCORE_MODE.choices, default="standard",
                         help="LVLM scoring: standard (score + reason), fast (score from token probabilities, no "
                              "reason) or reason_first")
     detect.add_argument("--multi-text", action="store_true",
@@ -125,7 +119,7 @@ def _source(argument: str, remote: bool) -> orchestrator_pb2.VideoSource:
 
 
 def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
-    profile = PROFILE_VALUES[args.profile] if args.profile else common_pb2.PROFILE_UNSPECIFIED
+    profile = PROFILE.value(args.profile) if args.profile else common_pb2.PROFILE_UNSPECIFIED
     options = orchestrator_pb2.DetectOptions(
         profile=profile, preset=args.preset, segment_length=args.segment_length,
         fusion_weights=args.weights or [], keep_hyphenated_texts=args.keep_hyphens,
@@ -133,20 +127,20 @@ def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
     if args.sigma is not None:
         options.sigma = args.sigma
     if args.tail is not None:
-        options.tail_policy = TAILS[args.tail]
+        options.tail_policy = TAIL_POLICY.value(args.tail)
     if args.strategy is not None:
-        options.strategy = STRATEGIES[args.strategy]
+        options.strategy = KEY_FRAME_STRATEGY.value(args.strategy)
     if args.fusion_rule is not None:
-        options.multi_text_fusion = FUSION_RULES[args.fusion_rule]
+        options.multi_text_fusion = MULTI_TEXT_FUSION.value(args.fusion_rule)
     options.context.half_stride = args.half_stride
-    options.scoring.mode = MODES[args.mode]
+    options.scoring.mode = SCORE_MODE.value(args.mode)
     options.multi_text = args.multi_text
     if args.reason_threshold is not None:
         options.reason_threshold = args.reason_threshold
     if args.gate is not None:
         options.gate_threshold = args.gate
     if args.grid_selection is not None:
-        options.context.temporal_selection = SELECTIONS[args.grid_selection]
+        options.context.temporal_selection = TEMPORAL_SELECTION.value(args.grid_selection)
     return orchestrator_pb2.DetectRequest(source=_source(args.source, bool(args.address)), texts=args.texts,
                                           options=options)
 

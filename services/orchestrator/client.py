@@ -10,17 +10,20 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from anyanomaly.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from tqdm import tqdm
 
 from services.common.clients import open_channel
+from services.common.enums import (
+    CONTEXT_KIND,
+    KEY_FRAME_STRATEGY,
+    MULTI_TEXT_FUSION,
+    PROFILE,
+    TAIL_POLICY,
+    TEMPORAL_SELECTION,
+)
 
-TAIL_NAMES = {orchestrator_pb2.TAIL_POLICY_SCORE: "score", orchestrator_pb2.TAIL_POLICY_DROP: "drop"}
-FUSION_NAMES = {orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX: "fuse_then_max",
-                orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE: "max_then_fuse"}
-PROFILE_NAMES = {common_pb2.PROFILE_DEFAULT: "default", common_pb2.PROFILE_PARITY: "parity"}
-TEMPORAL_NAMES = {context_pb2.TEMPORAL_SELECTION_GRID_EMBEDDING: "grid_embedding"}
-STREAMS = ("frame", "position", "temporal")
+STREAMS = CONTEXT_KIND.choices  # the stream fields of TextSegmentScore: frame, position, temporal
 RANDOM_WEIGHTS_WARNING = "tiny random-weight models were used: these scores are meaningless (smoke run)"
 
 
@@ -115,13 +118,13 @@ class ResultBuilder:
             "fps": summary.fps,
             "num_frames": summary.num_frames,
             "segment_length": self.started.segment_length,
-            "tail_policy": TAIL_NAMES.get(summary.tail_policy, "score"),
-            "multi_text_fusion": FUSION_NAMES.get(summary.multi_text_fusion, "fuse_then_max"),
-            "profile": PROFILE_NAMES.get(summary.profile, "default"),
+            "tail_policy": TAIL_POLICY.name(summary.tail_policy, "score"),
+            "multi_text_fusion": MULTI_TEXT_FUSION.name(summary.multi_text_fusion, "fuse_then_max"),
+            "profile": PROFILE.name(summary.profile, "default"),
             "preset": summary.preset,
-            "strategy": common_pb2.KeyFrameStrategy.Name(summary.strategy).removeprefix("KEY_FRAME_STRATEGY_").lower(),
+            "strategy": KEY_FRAME_STRATEGY.name(summary.strategy, "clip_then_grouping"),
             "context_options": {"half_stride": self.request.options.context.half_stride,
-                                "temporal_selection": TEMPORAL_NAMES.get(
+                                "temporal_selection": TEMPORAL_SELECTION.name(
                                     self.request.options.context.temporal_selection, "max_window")},
             "fusion_weights": [_round(w) for w in summary.fusion_weights],
             "sigma": _round(summary.sigma),

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
 
+from services.common.enums import (
+    KEY_FRAME_STRATEGY,
+    MULTI_TEXT_FUSION,
+    PROFILE,
+    SCORE_MODE,
+    SCORE_PARSER,
+    TAIL_POLICY,
+    TEMPORAL_SELECTION,
+)
 from services.common.errors import InvalidInput, echo
 from services.common.presets import get_preset
-from services.common.profiles import VALUES as PROFILE_VALUES
-from services.common.profiles import profile_name
-from services.common.validation import lookup, validate_max_tokens
+from services.common.validation import validate_max_tokens
 from services.orchestrator.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS
 from services.orchestrator.pipeline import MIN_SEGMENT_FRAMES, DetectParams
 
@@ -16,15 +23,12 @@ DEFAULT_SEGMENT_LENGTH = 24
 MAX_SEGMENT_LENGTH = 1024
 MAX_SIGMA = 1000.0  # frames; 40 s at 25 fps
 MAX_WEIGHT = 100.0
-FUSION_RULES = {orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX: "fuse_then_max",
-                orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE: "max_then_fuse"}
-TAIL_POLICIES = {orchestrator_pb2.TAIL_POLICY_SCORE: "score", orchestrator_pb2.TAIL_POLICY_DROP: "drop"}
 
 
 def resolve(
     options: orchestrator_pb2.DetectOptions, max_in_flight: int, default_profile: str = "default"
 ) -> DetectParams:
-    profile = profile_name(options.profile, default_profile)
+    profile = PROFILE.name(options.profile, default_profile)
     preset = get_preset(options.preset).name
     length = options.segment_length or DEFAULT_SEGMENT_LENGTH
     if not MIN_SEGMENT_FRAMES <= length <= MAX_SEGMENT_LENGTH:
@@ -38,22 +42,23 @@ def resolve(
     if not 0 <= sigma <= MAX_SIGMA:  # also refuses NaN; the filter's work and memory grow with sigma
         raise InvalidInput(f"sigma must be 0 (no smoothing) to {MAX_SIGMA} frames, got {echo(sigma, 20)}")
     parity = profile == "parity"
-    tail = ("drop" if parity else "score") if not options.tail_policy else lookup(
-        TAIL_POLICIES, options.tail_policy, "tail_policy")
-    fusion_rule = ("max_then_fuse" if parity else "fuse_then_max") if not options.multi_text_fusion else lookup(
-        FUSION_RULES, options.multi_text_fusion, "multi_text_fusion")
-    if options.strategy not in common_pb2.KeyFrameStrategy.values():
-        raise InvalidInput(f"unknown key-frame strategy value {options.strategy}")
+    tail = TAIL_POLICY.name(options.tail_policy, "drop" if parity else "score")
+    fusion_rule = MULTI_TEXT_FUSION.name(options.multi_text_fusion, "max_then_fuse" if parity else "fuse_then_max")
+    KEY_FRAME_STRATEGY.name(options.strategy, "clip_then_grouping")  # refuses an unknown value
+    # The nested options the other services read, checked here too: before any frame is decoded.
+    TEMPORAL_SELECTION.name(options.context.temporal_selection, "")
+    SCORE_MODE.name(options.scoring.mode, "")
+    SCORE_PARSER.name(options.scoring.parser, "")
     in_flight = options.max_segments_in_flight or max_in_flight
     if not 1 <= in_flight <= max(max_in_flight, 1):
         raise InvalidInput(f"max_segments_in_flight must be 1..{max_in_flight}, got {in_flight}")
     context = context_pb2.ContextOptions()
     context.CopyFrom(options.context)
-    context.profile = context.profile or PROFILE_VALUES[profile]
+    context.profile = context.profile or PROFILE.value(profile)
     context.preset = context.preset or preset
     scoring = lvlm_pb2.ScoreOptions()
     scoring.CopyFrom(options.scoring)
-    scoring.profile = scoring.profile or PROFILE_VALUES[profile]
+    scoring.profile = scoring.profile or PROFILE.value(profile)
     scoring.preset = scoring.preset or preset
     scoring.multi_text = scoring.multi_text or options.multi_text
     if options.HasField("reason_threshold") and not 0 <= options.reason_threshold <= 1:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from anyanomaly.v1 import lvlm_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
+from services.common.enums import MULTI_TEXT_FUSION, PROFILE, TAIL_POLICY
 from services.common.errors import InvalidInput
-from services.common.profiles import VALUES as PROFILE_VALUES
 from services.common.server import RpcContext, ServiceSpec
 from services.common.validation import validate_texts
 from services.orchestrator import options as detect_options
@@ -19,9 +19,6 @@ from services.orchestrator.service_clients import ServiceClients, StreamScore
 from services.orchestrator.sources import FrameEncoding, open_threaded
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
-TAIL_VALUES = {"score": orchestrator_pb2.TAIL_POLICY_SCORE, "drop": orchestrator_pb2.TAIL_POLICY_DROP}
-FUSION_VALUES = {"fuse_then_max": orchestrator_pb2.MULTI_TEXT_FUSION_FUSE_THEN_MAX,
-                 "max_then_fuse": orchestrator_pb2.MULTI_TEXT_FUSION_MAX_THEN_FUSE}
 
 
 def _stream(score: StreamScore) -> orchestrator_pb2.StreamScore:
@@ -49,16 +46,15 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
     t = update.timings
     return orchestrator_pb2.DetectUpdate(summary=orchestrator_pb2.Summary(
         num_frames=update.num_frames, fps=update.fps, frame_scores=update.frame_scores,
-        tail_policy=TAIL_VALUES[update.tail_policy], fusion_weights=list(update.weights), sigma=update.sigma,
-        multi_text_fusion=FUSION_VALUES[update.multi_text_fusion], profile=PROFILE_VALUES[update.profile],
+        tail_policy=TAIL_POLICY.value(update.tail_policy), fusion_weights=list(update.weights), sigma=update.sigma,
+        multi_text_fusion=MULTI_TEXT_FUSION.value(update.multi_text_fusion), profile=PROFILE.value(update.profile),
         preset=update.preset, strategy=update.strategy, segments=update.segments,
         gated_segments=update.gated_segments,
         timings=orchestrator_pb2.Timings(total_seconds=t.total, decode_seconds=t.decode,
                                          key_frames_seconds=t.key_frames, contexts_seconds=t.contexts,
                                          scoring_seconds=t.scoring),
         clip_model=update.clip_model, lvlm_model=update.lvlm_model, scored_frames=update.scored_frames,
-        lvlm_usage=lvlm_pb2.Usage(**{f.name: getattr(update.lvlm_usage, f.name)
-                                     for f in lvlm_pb2.Usage.DESCRIPTOR.fields}),
+        lvlm_usage=update.lvlm_usage,
         parse_failures=update.parse_failures,
     ))
 

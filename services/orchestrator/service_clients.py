@@ -16,6 +16,7 @@ from anyanomaly.v1 import (
 )
 
 from services.common.clients import KEEPALIVE_SECONDS, call_dependency, open_channel
+from services.common.enums import CONTEXT_KIND
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class ServiceClients:
         per_text: dict[str, dict[str, StreamScore]] = {t: {} for c in choices for t in c.texts}
         for item in response.items:
             for s in item.scores:
-                per_text[s.text][STREAMS[item.kind]] = StreamScore(s.score, s.reason, s.parsed, s.error)
+                per_text[s.text][CONTEXT_KIND.names[item.kind]] = StreamScore(s.score, s.reason, s.parsed, s.error)
         return per_text, response.usage
 
     async def reasons(
@@ -144,8 +145,3 @@ class ServiceClients:
         response = await self._score(items, options)
         return {s.text: s.reason for item in response.items for s in item.scores}, response.usage
 
-
-STREAMS = {
-    lvlm_pb2.CONTEXT_KIND_FRAME: "frame", lvlm_pb2.CONTEXT_KIND_POSITION: "position",
-    lvlm_pb2.CONTEXT_KIND_TEMPORAL: "temporal",
-}

@@ -56,7 +56,7 @@ async def test_clip_service_bad_inputs(
          "images[5]"),
         ("SelectKeyFrames", clip_pb2.SelectKeyFramesRequest(
             frames=frames, texts=["x"], strategy=common_pb2.KeyFrameStrategy.ValueType(99)),
-         "unknown key-frame strategy"),
+         "unknown KeyFrameStrategy value 99"),
         ("EmbedTexts", clip_pb2.EmbedTextsRequest(texts=[]), "no texts given"),
         ("EmbedImages", clip_pb2.EmbedImagesRequest(
             images=frames[:1], preprocess=clip_pb2.PREPROCESS_SQUASH, windows=[clip_pb2.WindowGrid(size=400)]),
@@ -97,7 +97,7 @@ async def test_context_service_bad_inputs(
         (request(frames=[*frames[:3], common_pb2.Image(data=b"\x89PNG\r\n\x1a\n")]), "frames[3]"),
         (request(preset="ucf-crime"), "unknown preset 'ucf-crime'"),
         (request(preset="custom", window_sizes=[48, 300]), "window size 300 does not fit"),
-        (request(profile=7), "unknown profile"),
+        (request(profile=7), "unknown Profile value 7"),
     ]
     async with open_channel(context_server.address) as channel:
         stub = context_pb2_grpc.ContextServiceStub(channel)

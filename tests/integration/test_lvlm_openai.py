@@ -207,7 +207,8 @@ async def test_images_are_downscaled_to_the_models_pixel_bound_before_sending(
             info = await lvlm_pb2_grpc.LvlmServiceStub(channel).GetModelInfo(common_pb2.GetModelInfoRequest())
     finally:
         await lvlm.shutdown(1.0)
-    (frame_w, frame_h), (context_w, context_h) = received_sizes(fake)
+    # The two requests run concurrently: tell them apart by shape, not by arrival order.
+    (context_w, context_h), (frame_w, frame_h) = sorted(received_sizes(fake), key=lambda size: size[0] / size[1])
     assert frame_w * frame_h <= 40_000 and abs(frame_w / frame_h - 640 / 360) < 0.02  # aspect kept
     assert context_w * context_h <= 40_000 and context_w == context_h
     assert info.max_image_pixels == 40_000

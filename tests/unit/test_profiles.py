@@ -9,10 +9,24 @@ from pathlib import Path
 import pytest
 from anyanomaly.v1 import common_pb2, lvlm_pb2, orchestrator_pb2
 
+from services.clip_service.engine import TextEncoding
+from services.clip_service.ksm import Strategy
+from services.clip_service.preprocess import Mode as Preprocess
+from services.common.enums import (
+    CONTEXT_KIND,
+    KEY_FRAME_STRATEGY,
+    PREPROCESS,
+    PROFILE,
+    SCORE_MODE,
+    SCORE_PARSER,
+    TAIL_POLICY,
+    TEMPORAL_SELECTION,
+    TEXT_ENCODING,
+)
 from services.common.errors import InvalidInput
-from services.common.profiles import profile_name
-from services.context_service.params import resolve_params
+from services.context_service.params import TemporalSelection, resolve_params
 from services.lvlm_service.engine import Parser, ScoreParams
+from services.lvlm_service.prompts import Kind, Mode
 from services.orchestrator.options import resolve
 from tests.helpers.fixtures import REPO_ROOT
 
@@ -49,10 +63,20 @@ def test_detect_choices_per_profile() -> None:
     assert resolve(orchestrator_pb2.DetectOptions(), 2, "parity").tail_policy == "drop"
 
 
-def test_unknown_profile_values_are_refused() -> None:
-    assert profile_name(common_pb2.PROFILE_UNSPECIFIED, "parity") == "parity"
-    with pytest.raises(InvalidInput, match="unknown profile value 9"):
-        profile_name(9)
+def test_contract_enums_map_both_ways_and_refuse_unknown_values() -> None:
+    assert PROFILE.name(common_pb2.PROFILE_UNSPECIFIED, "parity") == "parity"
+    assert PROFILE.name(common_pb2.PROFILE_PARITY, "default") == "parity"
+    with pytest.raises(InvalidInput, match="unknown Profile value 9; use one of default, parity"):
+        PROFILE.name(9, "default")
+    assert TAIL_POLICY.value("drop") == orchestrator_pb2.TAIL_POLICY_DROP
+    assert KEY_FRAME_STRATEGY.member(common_pb2.KEY_FRAME_STRATEGY_CLIP_TOP4, Strategy,
+                                     Strategy.CLIP_THEN_GROUPING) is Strategy.CLIP_TOP4
+    assert KEY_FRAME_STRATEGY.member(0, Strategy, Strategy.CLIP_THEN_GROUPING) is Strategy.CLIP_THEN_GROUPING
+    # Every service enum that mirrors a contract enum uses its names as values.
+    for contract, service in ((KEY_FRAME_STRATEGY, Strategy), (SCORE_MODE, Mode), (CONTEXT_KIND, Kind),
+                              (SCORE_PARSER, Parser), (TEXT_ENCODING, TextEncoding), (PREPROCESS, Preprocess),
+                              (TEMPORAL_SELECTION, TemporalSelection)):
+        assert set(contract.choices) == {member.value for member in service}, contract.what
 
 
 def test_every_python_package_is_packaged() -> None:
