@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 
 from services.common.enums import CONTEXT_KIND, PROFILE, SCORE_MODE, SCORE_PARSER
@@ -56,12 +58,7 @@ class LvlmServicer(lvlm_pb2_grpc.LvlmServiceServicer):
                                    parsed=s.parsed, error=s.error, attempts=s.attempts)
                 for s in scores
             ])
-        usage = result.usage
-        response.usage.CopyFrom(lvlm_pb2.Usage(
-            calls=usage.calls, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            images=usage.images, queue_seconds=usage.queue_seconds, engine_seconds=usage.engine_seconds,
-            retries=usage.retries, failures=usage.failures,
-        ))
+        response.usage.CopyFrom(lvlm_pb2.Usage(**dataclasses.asdict(result.usage)))  # the same fields
         return response
 
     async def GetModelInfo(self, request: common_pb2.GetModelInfoRequest, context: RpcContext) -> common_pb2.ModelInfo:

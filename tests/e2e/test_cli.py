@@ -15,6 +15,7 @@ from tests.helpers import expected
 from tests.helpers.cli import ANYANOMALY, run
 from tests.helpers.fake_openai_server import FakeOpenAIServer
 from tests.helpers.fixtures import REPO_ROOT, avenue_clip
+from tests.helpers.processes import die_with_this_process
 from tests.helpers.scripted_lvlm import ScriptedLVLM
 
 SEGMENT_KEYS = {"index", "start_frame", "end_frame", "key_frames", "scores", "max_fused"}
@@ -104,7 +105,7 @@ def test_detect_without_texts_is_a_usage_error() -> None:
 def served() -> Iterator[str]:
     """`anyanomaly serve --models tiny` in the background; yields the orchestrator address."""
     process = subprocess.Popen([ANYANOMALY, "serve", "--models", "tiny", "--port", "0"], cwd=REPO_ROOT, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_this_process)
     assert process.stdout is not None
     addresses = {}
     for line in process.stdout:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import time
 from pathlib import Path
+
+from services.common.lifeline import PR_SET_PDEATHSIG
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -51,3 +55,12 @@ def service_pid(parent: int, name: str, timeout: float = 120) -> int:
                 return pid
         time.sleep(0.1)
     raise TimeoutError(f"{name} was not started by {parent}")
+
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, so a forked child only calls it
+
+
+def die_with_this_process() -> None:
+    """preexec_fn for commands a test starts: the kernel kills them if the test process dies
+    (a timed-out or killed test run), and with them the services they started."""
+    _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)

@@ -25,6 +25,7 @@ from services.clip_service.server import build_service
 from services.common.clients import open_channel
 from services.common.server import RunningServer, start_server
 from tests.helpers.fixtures import REPO_ROOT
+from tests.helpers.processes import die_with_this_process
 from tests.helpers.stack import clip_settings
 
 
@@ -126,7 +127,7 @@ async def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(avenue21_
 def _service_process(args: list[str], tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", *args], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "HF_HOME": str(tmp_path / "hf"), **env},
+        env={**os.environ, "HF_HOME": str(tmp_path / "hf"), **env}, preexec_fn=die_with_this_process,
     )
 
 
