@@ -133,9 +133,13 @@ class EmbeddedStack:
     def addresses(self) -> dict[str, str]:
         return {name: service.address for name, service in self.services.items()}
 
-    def dead_services(self) -> list[str]:
-        """'name (why)' for each service that has exited."""
-        return [f"{s.name} ({s.exit_reason()})" for s in self.services.values() if s.process.returncode is not None]
+    async def exit_reason(self, name: str, within: float = 2.0) -> str:
+        """How the service `name` ended ("killed by SIGKILL", ...), waiting up to `within` seconds
+        for an exit to be noticed; "" while it runs."""
+        service = self.services[name]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(service.process.wait()), within)
+        return service.exit_reason() if service.process.returncode is not None else ""
 
     async def _spawn(self, name: str, args: Sequence[str], port: int = 0) -> ServiceProcess:
         log_file = None
@@ -148,7 +152,7 @@ class EmbeddedStack:
             "--port-file", str(port_file), "--parent-pid", str(os.getpid()),
             "--log-format", "json", "--profile", self.options.profile, *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            start_new_session=True,
         )
         service = ServiceProcess(name, process, port_file, dial_host(self.options.host), log_file)
         service.reader = asyncio.create_task(service.pump())

@@ -3,18 +3,18 @@ becomes a domain error that names it.
 
 A channel has message limits, keepalive (long Detect streams survive idle NAT/proxy timeouts
 and a dead peer is noticed), round-robin balancing over every address of a target (several
-"host:port" separated by commas, or one DNS name with several records), retries for
-UNAVAILABLE declared per method in the gRPC service config (only for idempotent methods; a
-retry goes through the balancer, so with several endpoints it usually lands on another one),
-a per-call timeout capped by the deadline of the RPC being served, and the caller's request
-id forwarded in the metadata.
+"ip:port" separated by commas, or one DNS name with several records, which gRPC re-resolves),
+retries for UNAVAILABLE declared per method in the gRPC service config (only for idempotent
+methods; a retry goes through the balancer, so with several endpoints it usually lands on
+another one; retry throttling stops retrying on a channel whose calls keep failing, so retries
+at several hops do not multiply), a per-call timeout capped by the deadline of the RPC being
+served, and the caller's request id forwarded in the metadata.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from services.common.deadlines import remaining
 from services.common.errors import (
     FAILED_SERVICE_HEADER,
     DeadlineExceeded,
+    DependencyFailed,
     DependencyUnavailable,
     InvalidInput,
     Overloaded,
@@ -34,7 +35,8 @@ from services.common.logs import REQUEST_ID_HEADER, current_request_id
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
-KEEPALIVE_SECONDS = 30.0  # the servers accept pings this often (services/common/server.py)
+KEEPALIVE_SECONDS = 30.0  # how often a channel pings on a quiet connection
+MIN_KEEPALIVE_SECONDS = 10.0  # every server accepts pings this often (services/common/server.py)
 
 # Methods that change nothing, so a second attempt is always safe. Anything not listed
 # (e.g. a future SubmitJob) is never retried by the channel.
@@ -58,6 +60,10 @@ def service_config() -> dict[str, Any]:
     """Round-robin over the target's addresses; retries for the idempotent methods only."""
     return {
         "loadBalancingConfig": [{"round_robin": {}}],
+        # Retrying stops while failures outnumber successes (each failure costs a token, each
+        # success earns 0.1; below 5 of 10 tokens there are no retries): a dependency that is
+        # down is not hammered by every hop above it.
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
         "methodConfig": [
             {"name": [{"service": service, "method": method} for method in methods], "retryPolicy": RETRY_POLICY}
             for service, methods in IDEMPOTENT_METHODS.items()
@@ -66,28 +72,27 @@ def service_config() -> dict[str, Any]:
 
 
 def channel_target(address: str) -> str:
-    """The gRPC target for "host:port", a comma-separated list of them (one channel balancing
+    """The gRPC target for "host:port", a comma-separated list of "ip:port" (one channel balancing
     over all), or anything gRPC understands already ("dns:///name:port", "unix:...")."""
     if "," not in address:
         return address
     hosts = []
     for part in (p.strip() for p in address.split(",") if p.strip()):
         host, _, port = part.rpartition(":")
-        host = host.strip("[]")
         if not host or not port.isdigit():
-            raise ValueError(f"{part!r} in {address!r} is not host:port")
+            raise ValueError(f"{part!r} in {address!r} is not ip:port")
         try:
-            ip = ipaddress.ip_address(host)
+            ip = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            try:
-                ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), socket.AF_INET)[0][4][0])
-            except OSError as exc:
-                raise ValueError(f"cannot resolve {host!r} in {address!r}: {exc}") from exc
+            # A name resolved once here would go stale when a pod moves; gRPC re-resolves a
+            # DNS target itself.
+            raise ValueError(f"{host!r} in {address!r} is not an IP address; list IP addresses, or give one "
+                             "DNS name whose records are the endpoints (dns:///name:port)") from None
         hosts.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
-    scheme = "ipv6" if all(h.startswith("[") for h in hosts) else "ipv4"
-    if any(h.startswith("[") for h in hosts) and scheme == "ipv4":
+    families = {h.startswith("[") for h in hosts}
+    if len(families) > 1:
         raise ValueError(f"{address!r} mixes IPv4 and IPv6 addresses; use one family")
-    return f"{scheme}:{','.join(hosts)}"
+    return f"{'ipv6' if True in families else 'ipv4'}:{','.join(hosts)}"
 
 
 def channel_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SECONDS) -> list[tuple[str, Any]]:
@@ -145,12 +150,20 @@ def dependency_error(dependency: str, error: grpc.aio.AioRpcError) -> ServiceErr
     code = error.code()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInput(message)
-    failed = next((str(v) for k, v in error.trailing_metadata() or () if k == FAILED_SERVICE_HEADER), dependency)
+    failed = failed_service(error) or dependency
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return Overloaded(message, service=failed)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message, service=failed)
-    return DependencyUnavailable(f"{message} ({code.name})", service=failed)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return DependencyUnavailable(message, service=failed)
+    # A bug or a refusal in the dependency: repeating the call would not help, so not UNAVAILABLE.
+    return DependencyFailed(f"{message} ({code.name})", service=failed)
+
+
+def failed_service(error: grpc.aio.AioRpcError) -> str:
+    """The service a failed call's trailing metadata names as the culprit ("" when none)."""
+    return next((str(v) for k, v in error.trailing_metadata() or () if k == FAILED_SERVICE_HEADER), "")
 
 
 async def call_dependency(dependency: str, rpc: Callable[..., Awaitable[T]], request: Any,

@@ -25,12 +25,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from services.common.clients import KEEPALIVE_SECONDS, MIN_KEEPALIVE_SECONDS
+
 T = TypeVar("T")
 
 
-def setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:
-    """Declare a settings field with its help text (and optional choices)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def setting(default: Any, help: str, *, choices: Sequence[str] | None = None, minimum: float | None = None) -> Any:
+    """Declare a settings field with its help text (and optional choices or smallest value)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
 
 
 def secret(help: str) -> Any:
@@ -66,8 +68,9 @@ class ServerSettings:
     max_message_mb: int = setting(64, "largest request or response message in MiB")
     max_concurrent_rpcs: int = setting(64, "RPCs served at once; more are refused with RESOURCE_EXHAUSTED")
     grace_seconds: float = setting(30.0, "on SIGTERM, how long in-flight RPCs may take to finish")
-    keepalive_seconds: float = setting(30.0, "HTTP/2 keepalive ping interval of this service's client channels; "
-                                       "the server accepts client pings down to a third of it")
+    keepalive_seconds: float = setting(KEEPALIVE_SECONDS, "HTTP/2 keepalive ping interval of this service's client "
+                                       "channels (every server accepts pings every 10 s or more)",
+                                       minimum=MIN_KEEPALIVE_SECONDS)
     metrics_port: int = setting(0, "serve Prometheus metrics on this port; 0 disables")
     log_level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "log line format", choices=("json", "text"))
@@ -103,6 +106,18 @@ def _convert(raw: str, kind: type, choices: Sequence[str] | None) -> Any:
     return value
 
 
+def _at_least(kind: type, minimum: float) -> Any:
+    """An argparse type: `kind`, refusing values below `minimum`."""
+    def convert(raw: str) -> Any:
+        value = kind(raw)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{raw} is below the smallest allowed value, {minimum:g}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -135,13 +150,15 @@ def build_parser(
             )
             continue
         kind, literal_choices = _base_type(hints[field.name])
+        if field.metadata.get("minimum") is not None:
+            kind = _at_least(kind, field.metadata["minimum"])
         choices = field.metadata.get("choices") or literal_choices
         default = field.default
         if env_name in env:
             raw = env[env_name]
             try:
                 default = _convert(raw, kind, choices)
-            except ValueError as exc:
+            except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"environment variable {env_name}={raw!r} is invalid: {exc}")
         help_text = f"{field.metadata.get('help', '')} [env {env_name}]"
         if kind is bool:

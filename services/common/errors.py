@@ -57,6 +57,12 @@ class DependencyUnavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DependencyFailed(ServiceError):
+    """A service this one calls failed in a way a repeat would not fix (a bug, a refusal)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

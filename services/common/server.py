@@ -24,7 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from services.common.clients import KEEPALIVE_SECONDS
+from services.common.clients import KEEPALIVE_SECONDS, MIN_KEEPALIVE_SECONDS
 from services.common.config import ServerSettings
 from services.common.errors import ModelLoadError
 from services.common.interceptors import ServiceInterceptor
@@ -101,7 +101,8 @@ def server_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SEC
         ("grpc.keepalive_time_ms", int(2 * keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(keepalive_seconds * 1000 / 3)),
+        # Whatever this server's own interval, it accepts any client that pings at the floor.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(MIN_KEEPALIVE_SECONDS * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
     ]
 

@@ -11,15 +11,18 @@ MAX_TEXT_CHARS = 300
 MAX_TEXTS = 256
 MAX_ANSWER_TOKENS = 4096  # an LVLM answer: a score and a sentence need tens; bounds a request's work
 # Unicode categories a text may not contain: control characters (NUL, newlines, escapes), format
-# characters (bidi overrides and isolates, zero-width characters) and surrogates. They would go
-# into the LVLM prompt as they are, and can hide or reorder what a reader sees.
+# characters (bidi embeddings, overrides and isolates, zero-width spaces) and surrogates. They
+# would go into the LVLM prompt as they are, and can hide or reorder what a reader sees.
 _REFUSED_CATEGORIES = {"Cc": "control", "Cf": "invisible formatting", "Cs": "surrogate"}
+# Format characters that real writing needs: the soft hyphen, zero-width (non-)joiners (Persian,
+# Indic scripts, emoji sequences) and the directional marks of right-to-left text.
+_ALLOWED_FORMAT = {"\u00ad", "\u200c", "\u200d", "\u200e", "\u200f", "\u061c"}
 
 
 def _refused_character(text: str) -> tuple[int, str, str] | None:
     for position, char in enumerate(text):
         kind = _REFUSED_CATEGORIES.get(unicodedata.category(char))
-        if kind:
+        if kind and char not in _ALLOWED_FORMAT:
             return position, char, kind
     return None
 

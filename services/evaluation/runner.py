@@ -50,7 +50,7 @@ async def run_detections(
         path = results_dir / group_name / f"{video}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(document, indent=1) + "\n")
+        partial.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
         os.replace(partial, path)  # a cancelled run never leaves a half-written result
 
 

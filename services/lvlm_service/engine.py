@@ -32,6 +32,8 @@ from services.lvlm_service.prompts import (
 )
 
 FAST_MAX_TOKENS = 4  # "0.7" and an end token
+# One call answers for one text, or for every text of a multi-text call: its answer is bounded too.
+MAX_CALL_TOKENS = 2 * MAX_ANSWER_TOKENS
 REFUSAL = re.compile(
     r"^\s*(i'?m sorry|sorry,|i can(?:'|no)t (?:help|assist|provide|comply|evaluate)|i(?: am|'m) unable to|as an ai)",
     re.IGNORECASE,
@@ -188,7 +190,8 @@ class LvlmEngine:
                     schema = multi_text_schema(texts)
                 elif style.json:
                     schema = score_schema(reason_first=params.mode is Mode.REASON_FIRST)
-                tokens = FAST_MAX_TOKENS if params.mode is Mode.FAST else max_tokens * len(texts)
+                tokens = FAST_MAX_TOKENS if params.mode is Mode.FAST else min(max_tokens * len(texts),
+                                                                              MAX_CALL_TOKENS)
                 prompt = Prompt(picture.data, build_prompt(texts, item.kind, style), tokens, schema,
                                 top_logprobs=self.settings.top_logprobs if params.mode is Mode.FAST else 0,
                                 pixels=picture.pixels)
@@ -239,7 +242,7 @@ class LvlmEngine:
             for call in again:
                 longer = call.prompt.max_tokens * (2 if call.completion.finish_reason == "length" else 1)
                 call.prompt = replace(call.prompt, text=call.prompt.text + RETRY_SUFFIX,
-                                      max_tokens=min(longer, MAX_ANSWER_TOKENS))
+                                      max_tokens=min(longer, MAX_CALL_TOKENS))
             await self._run(again, params, result)
             result.usage.retries += len(again)
             for call in again:  # a score the first answer did give stands when the retry gives none

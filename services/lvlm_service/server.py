@@ -25,7 +25,8 @@ def params_from_proto(options: lvlm_pb2.ScoreOptions, default_profile: str = "de
         raise InvalidInput("output_label must be a short single-line word such as 'Output'")
     return ScoreParams(
         profile=PROFILE.name(options.profile, default_profile), preset=options.preset,
-        parser=Parser(SCORE_PARSER.name(options.parser, "")) if options.parser else None, max_tokens=options.max_tokens,
+        parser=SCORE_PARSER.member(options.parser, Parser, Parser.ROBUST) if options.parser else None,
+        max_tokens=options.max_tokens,
         output_label=options.output_label,
         retry_unparsed=options.retry_unparsed if options.HasField("retry_unparsed") else None,
         reference_prompt_typo=options.reference_prompt_typo if options.HasField("reference_prompt_typo") else None,

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from anyanomaly.v1 import common_pb2, orchestrator_pb2
 
+from services.common.clients import failed_service
 from services.common.enums import (
     KEY_FRAME_STRATEGY,
     MULTI_TEXT_FUSION,
@@ -31,7 +32,7 @@ from services.common.enums import (
     TAIL_POLICY,
     TEMPORAL_SELECTION,
 )
-from services.common.errors import FAILED_SERVICE_HEADER, InvalidInput
+from services.common.errors import InvalidInput
 from services.evaluation import command as eval_command
 from services.launcher import EmbeddedStack, StackError, StackOptions
 from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
@@ -181,13 +182,17 @@ def _write(output: Path | None, document: dict[str, Any]) -> None:
         output.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
 
 
-def _culprit(error: grpc.aio.AioRpcError, builder: ResultBuilder, stack: EmbeddedStack | None) -> str:
-    """The service whose failure ended the detection, as precisely as it is known."""
-    named = next((str(v) for k, v in error.trailing_metadata() or () if k == FAILED_SERVICE_HEADER), "")
-    dead = stack.dead_services() if stack is not None else []
-    if named:
-        return next((d for d in dead if d.startswith(named + " ")), named)
-    return dead[0] if dead else "orchestrator"
+async def _culprit(error: grpc.aio.AioRpcError, stack: EmbeddedStack | None) -> tuple[str, str]:
+    """(the service whose failure ended the detection, how it ended when it is a process of the
+    embedded stack that exited), as precisely as it is known."""
+    named = failed_service(error)
+    if stack is not None and named in stack.services:
+        return named, await stack.exit_reason(named)  # a killed process may take a moment to be reaped
+    if stack is not None and not named:
+        for service in stack.services:
+            if why := await stack.exit_reason(service, within=0):
+                return service, why
+    return named or "orchestrator", ""
 
 
 async def _detect(args: argparse.Namespace) -> int:
@@ -208,15 +213,16 @@ async def _detect(args: argparse.Namespace) -> int:
             if builder.segments:
                 _write(args.output, builder.partial({"code": error.code().name, "message": details}))
             raise UsageError(details) from error
-        if builder.started is None and args.address and error.code() == grpc.StatusCode.UNAVAILABLE:
+        reached = builder.started is not None or failed_service(error)  # the orchestrator answered
+        if not reached and args.address and error.code() == grpc.StatusCode.UNAVAILABLE:
             raise UsageError(f"cannot reach the orchestrator at {args.address}: {details}") from error
-        culprit = _culprit(error, builder, stack)
-        _write(args.output, builder.partial({"code": error.code().name, "service": culprit, "message": details}))
+        service, why = await _culprit(error, stack)
+        _write(args.output, builder.partial({"code": error.code().name, "service": service, "exit": why,
+                                             "message": details}))
         kept = f"; the {len(builder.segments)} segments received are in {args.output}" if args.output else ""
-        raise ServiceFailure(f"{culprit} failed: {details}{kept}") from error
+        raise ServiceFailure(f"{service}{f' ({why})' if why else ''} failed: {details}{kept}") from error
     except asyncio.CancelledError:
-        if builder.segments:
-            _write(args.output, builder.partial({"code": "CANCELLED", "message": "interrupted"}))
+        _write(args.output, builder.partial({"code": "CANCELLED", "message": "interrupted"}))
         raise
     finally:
         if stack is not None:
@@ -314,9 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if error.code() in BAD_INPUT_CODES:
             print(f"{PROG}: error: {error.details()}", file=sys.stderr)
             return 2
-        culprit = next((str(v) for k, v in error.trailing_metadata() or () if k == FAILED_SERVICE_HEADER),
-                       "orchestrator")
-        print(f"{PROG}: error: {culprit} failed: {error.details()}", file=sys.stderr)
+        print(f"{PROG}: error: {failed_service(error) or 'orchestrator'} failed: {error.details()}", file=sys.stderr)
         return 1
 
 

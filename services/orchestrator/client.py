@@ -15,7 +15,6 @@ from tqdm import tqdm
 
 from services.common.clients import open_channel
 from services.common.enums import (
-    CONTEXT_KIND,
     KEY_FRAME_STRATEGY,
     MULTI_TEXT_FUSION,
     PROFILE,
@@ -23,7 +22,7 @@ from services.common.enums import (
     TEMPORAL_SELECTION,
 )
 
-STREAMS = CONTEXT_KIND.choices  # the stream fields of TextSegmentScore: frame, position, temporal
+STREAMS = ("frame", "position", "temporal")  # the stream fields of TextSegmentScore
 RANDOM_WEIGHTS_WARNING = "tiny random-weight models were used: these scores are meaningless (smoke run)"
 
 

@@ -5,8 +5,10 @@ was computed before a failure is kept."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from tests.helpers.fake_openai_server import FakeOpenAIServer
 from tests.helpers.fixtures import avenue_clip
 from tests.helpers.processes import children, service_pid, wait_until_gone
 from tests.helpers.scripted_lvlm import ScriptedLVLM
+from tests.helpers.stack import start_stack
 
 pytestmark = pytest.mark.slow
 SERVICES = ("clip_service", "context_service", "lvlm_service", "orchestrator")
@@ -28,8 +31,11 @@ GONE_WITHIN_SECONDS = 15.0
 
 @pytest.fixture
 def held() -> Iterator[tuple[ScriptedLVLM, FakeOpenAIServer]]:
-    """A ScriptedLVLM that answers the first two segments (3 calls each, one text) and then
-    holds every call until released: the detection is reliably mid-run while it holds."""
+    """A ScriptedLVLM that answers the first 6 calls and then holds every call until released:
+    the detection is reliably mid-run while it holds, with the first segment scored. (With one
+    text a segment makes 3 calls, and with the orchestrator's default of 2 segments in flight
+    the third segment starts only once the first is done, so the first 6 calls include all of
+    the first segment's.)"""
     answers = ScriptedLVLM(hold_after=6)
     with FakeOpenAIServer(answer=answers) as server:
         try:
@@ -71,7 +77,8 @@ def test_a_service_killed_mid_run_is_named_and_the_segments_so_far_are_kept(
     assert message.startswith(f"anyanomaly: error: {victim} (killed by SIGKILL) failed:"), message
     assert "cannot reach the orchestrator" not in message and str(output) in message
     partial = json.loads(output.read_text())
-    assert partial["complete"] is False and partial["error"]["service"].startswith(victim)
+    assert partial["complete"] is False
+    assert (partial["error"]["service"], partial["error"]["exit"]) == (victim, "killed by SIGKILL")
     assert partial["error"]["code"] == "UNAVAILABLE"
     assert 1 <= len(partial["segments"]) < 12
     assert [s["index"] for s in partial["segments"]] == list(range(len(partial["segments"])))
@@ -111,17 +118,23 @@ def test_sigkill_of_the_command_takes_every_service_with_it(
     assert wait_until_gone(list(pids.values()), GONE_WITHIN_SECONDS) == []
 
 
+def wait_for_line(process: subprocess.Popen[str], log: Path, start: str) -> list[str]:
+    """The command's output once a line starting with `start` appears (the stack loads its models)."""
+    for _ in range(2400):
+        lines = log.read_text().splitlines()
+        if any(line.startswith(start) for line in lines) or process.poll() is not None:
+            break
+        wait_until_gone([process.pid], 0.1)
+    assert any(line.startswith(start) for line in lines), log.read_text()
+    return lines
+
+
 def test_serve_on_another_address_becomes_ready_and_dies_with_its_command(tmp_path: Path) -> None:
     log = tmp_path / "log"
     process = start("serve", "--models", "tiny", "--host", "127.0.0.2", "--port", "0", log=log)
     try:
         pids = stack_of(process)
-        for _ in range(2400):  # the stack needs its models: wait for the "ready" line
-            if "ready" in log.read_text() or process.poll() is not None:
-                break
-            wait_until_gone([process.pid], 0.1)
-        lines = log.read_text().splitlines()
-        assert any(line.startswith("ready") for line in lines), log.read_text()
+        lines = wait_for_line(process, log, "ready")
         addresses = dict(line.split() for line in lines if line.split()[0] in SERVICES)
         assert all(address.startswith("127.0.0.2:") for address in addresses.values()), addresses
         done = run("detect", str(avenue_clip("08")), "-t", "running", "--address", addresses["orchestrator"],
@@ -132,3 +145,55 @@ def test_serve_on_another_address_becomes_ready_and_dies_with_its_command(tmp_pa
         process.kill()
     process.wait(timeout=30)
     assert wait_until_gone(list(pids.values()), GONE_WITHIN_SECONDS) == []
+
+
+def test_eval_stops_on_sigterm_with_every_service(held: tuple[ScriptedLVLM, FakeOpenAIServer], tmp_path: Path) -> None:
+    answers, server = held
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(avenue_clip("20"), videos / "20.avi")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"20": [0] * 100 + [1] * 173}))
+    log = tmp_path / "log"
+    process = start("eval", "--dataset", "custom", "--data-root", str(videos), "--labels", str(labels), "--texts",
+                    "running", "--models", "tiny", "--lvlm-url", server.url, "--lvlm-model", server.model,
+                    "--output-dir", str(tmp_path / "eval"), "--quiet", log=log)
+    try:
+        pids = mid_run(process, answers, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()
+    finally:
+        process.kill()
+    assert wait_until_gone(list(pids.values()), GONE_WITHIN_SECONDS) == []
+    assert not list((tmp_path / "eval").rglob("*.json"))  # no half-finished result is cached
+
+
+def test_serve_stops_its_services_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    process = start("serve", "--models", "tiny", "--port", "0", log=log)
+    try:
+        pids = stack_of(process)
+        wait_for_line(process, log, "ready")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        process.kill()
+    assert log.read_text().splitlines()[-1] == "stopped"
+    assert wait_until_gone(list(pids.values()), GONE_WITHIN_SECONDS) == []
+
+
+async def test_a_service_down_behind_a_remote_orchestrator_is_named(tmp_path: Path) -> None:
+    """With --address the command talks to a remote orchestrator; when a service behind it is down
+    the message names that service, not "cannot reach the orchestrator"."""
+    stack = await start_stack()
+    try:
+        await stack.lvlm.shutdown(0)
+        done = await asyncio.to_thread(run, "detect", str(avenue_clip("08")), "-t", "running", "--address",
+                                       stack.orchestrator.address, "--output", str(tmp_path / "r.json"))
+    finally:
+        await stack.shutdown()
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("anyanomaly: error: lvlm_service failed: lvlm_service:"), done.stderr
+    assert "cannot reach the orchestrator" not in done.stderr
+    partial = json.loads((tmp_path / "r.json").read_text())
+    assert (partial["complete"], partial["error"]["service"], partial["segments"]) == (False, "lvlm_service", [])

@@ -276,8 +276,11 @@ async def test_silent_streams_do_not_starve_other_detections(silent: SilentServe
     stalled = [asyncio.ensure_future(detect(stack.orchestrator.address, orchestrator_pb2.VideoSource(uri=silent.url),
                                             ["car"])) for _ in range(8)]
     try:
-        while len(silent.connections) < 8:  # every stalled detection is inside its open
+        for _ in range(1200):  # until every stalled detection is inside its open (at most 60 s)
+            if len(silent.connections) >= 8 or any(task.done() for task in stalled):
+                break
             await asyncio.sleep(0.05)
+        assert len(silent.connections) == 8 and not any(task.done() for task in stalled)
         good = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 24)))
         _, segments, _ = split(await asyncio.wait_for(detect(stack.orchestrator.address, good, ["car"]), 60))
         assert len(segments) == 1

@@ -73,6 +73,7 @@ async def test_multi_text_scores_all_texts_of_an_image_in_one_call(fake: FakeOpe
         await lvlm.shutdown(1.0)
     assert response.usage.calls == 3  # 3 images, not 3 x 5
     assert single.usage.calls == 5
+    assert [r["max_tokens"] for r in fake.requests[:3]] == [5 * 128] * 3  # room for every text's answer
     assert all("For each of **running**, **bicycle**" in prompt_text(r) for r in fake.requests[:3])
     for item in response.items:
         assert [(s.text, round(s.score, 1), s.reason) for s in item.scores] == [
@@ -196,3 +197,16 @@ async def test_usage_is_exported_as_prometheus_metrics(fake: FakeOpenAIServer) -
     assert sample("anyanomaly_lvlm_images_total", labels) - images == 6
     assert sample("anyanomaly_lvlm_prompt_tokens_total", labels) - tokens == response.usage.prompt_tokens
     assert sample("anyanomaly_lvlm_engine_seconds_count", labels) >= 6
+
+
+async def test_a_multi_text_answer_is_bounded_however_many_texts(fake: FakeOpenAIServer) -> None:
+    texts = [f"text {i}" for i in range(12)]
+    fake.answer = lambda request: Reply(json.dumps({t: {"score": 0.5, "reason": "r"} for t in texts}))
+    lvlm = await openai_lvlm(fake)
+    try:
+        await score(lvlm.address, [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=IMAGE),
+                                                      kind=lvlm_pb2.CONTEXT_KIND_FRAME, texts=texts)],
+                    multi_text=True, max_tokens=4096)
+    finally:
+        await lvlm.shutdown(1.0)
+    assert [r["max_tokens"] for r in fake.requests] == [2 * 4096]  # not 12 x 4096
