@@ -60,10 +60,11 @@ def service_config() -> dict[str, Any]:
     """Round-robin over the target's addresses; retries for the idempotent methods only."""
     return {
         "loadBalancingConfig": [{"round_robin": {}}],
-        # Retrying stops while failures outnumber successes (each failure costs a token, each
-        # success earns 0.1; below 5 of 10 tokens there are no retries): a dependency that is
-        # down is not hammered by every hop above it.
-        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+        # Each failed attempt costs a token, each success earns half of one, and below half of the
+        # 100 tokens nothing is retried: a dependency that is down stops being retried after a
+        # dozen calls instead of being hammered by every hop above it, while a pool with one
+        # endpoint down (a failure and a success per call) keeps its retries.
+        "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.5},
         "methodConfig": [
             {"name": [{"service": service, "method": method} for method in methods], "retryPolicy": RETRY_POLICY}
             for service, methods in IDEMPOTENT_METHODS.items()

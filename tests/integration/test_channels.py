@@ -116,6 +116,24 @@ async def test_a_second_endpoint_takes_over_from_one_that_is_unavailable(avenue2
     assert broken.attempts >= 1  # it was tried, and every call it failed went on to the other
 
 
+async def test_retries_stop_when_a_dependency_stays_down(avenue21_pngs: list[bytes]) -> None:
+    """Retry throttling: a service that keeps answering UNAVAILABLE gets at most 4 attempts per call
+    at first, then one: retries at several hops cannot multiply without end."""
+    engine = FlakyClipEngine(failures=1_000_000)
+    running = await serve(engine)
+    calls = 24
+    try:
+        async with open_channel(running.address) as channel:
+            stub = clip_pb2_grpc.ClipServiceStub(channel)
+            for _ in range(calls):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.SelectKeyFrames(select_request(avenue21_pngs[:4]), timeout=30)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await running.shutdown(1.0)
+    assert calls < engine.attempts < 3 * calls  # retried at first, then throttled (4 each would be 96)
+
+
 class DeadlineRecordingClipEngine(ClipEngine):
     """A real ClipEngine that notes the time its caller's deadline leaves each image request."""
 
