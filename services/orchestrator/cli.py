@@ -133,15 +133,15 @@ def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
         options.strategy = KEY_FRAME_STRATEGY.value(args.strategy)
     if args.fusion_rule is not None:
         options.multi_text_fusion = MULTI_TEXT_FUSION.value(args.fusion_rule)
-    options.context.half_stride = args.half_stride
-    options.scoring.mode = SCORE_MODE.value(args.mode)
+    options.half_stride = args.half_stride
+    options.scoring_mode = SCORE_MODE.value(args.mode)
     options.multi_text = args.multi_text
     if args.reason_threshold is not None:
         options.reason_threshold = args.reason_threshold
     if args.gate is not None:
         options.gate_threshold = args.gate
     if args.grid_selection is not None:
-        options.context.temporal_selection = TEMPORAL_SELECTION.value(args.grid_selection)
+        options.temporal_selection = TEMPORAL_SELECTION.value(args.grid_selection)
     return orchestrator_pb2.DetectRequest(source=_source(args.source, bool(args.address)), texts=args.texts,
                                           options=options)
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anyanomaly.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from tqdm import tqdm
 
 from services.common.clients import open_channel
@@ -109,6 +109,11 @@ class ResultBuilder:
             models["warning"] = RANDOM_WEIGHTS_WARNING
         usage = summary.lvlm_usage
         timings = summary.timings
+        options = self.request.options
+        context = context_pb2.ContextOptions(  # the public fields, else an older client's nested ones
+            half_stride=options.half_stride or options.advanced.context.half_stride or options.context.half_stride,
+            temporal_selection=(options.temporal_selection or options.advanced.context.temporal_selection
+                                or options.context.temporal_selection))
         return {
             "source": self.source,
             "complete": True,
@@ -122,9 +127,9 @@ class ResultBuilder:
             "profile": PROFILE.name(summary.profile, "default"),
             "preset": summary.preset,
             "strategy": KEY_FRAME_STRATEGY.name(summary.strategy, "clip_then_grouping"),
-            "context_options": {"half_stride": self.request.options.context.half_stride,
-                                "temporal_selection": TEMPORAL_SELECTION.name(
-                                    self.request.options.context.temporal_selection, "max_window")},
+            "context_options": {"half_stride": context.half_stride,
+                                "temporal_selection": TEMPORAL_SELECTION.name(context.temporal_selection,
+                                                                              "max_window")},
             "fusion_weights": [_round(w) for w in summary.fusion_weights],
             "sigma": _round(summary.sigma),
             "segments": self.segments,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
 
 from services.common.enums import (
@@ -45,32 +47,20 @@ def resolve(
     tail = TAIL_POLICY.name(options.tail_policy, "drop" if parity else "score")
     fusion_rule = MULTI_TEXT_FUSION.name(options.multi_text_fusion, "max_then_fuse" if parity else "fuse_then_max")
     KEY_FRAME_STRATEGY.name(options.strategy, "clip_then_grouping")  # refuses an unknown value
-    # The nested options the other services read, checked here too: before any frame is decoded.
-    TEMPORAL_SELECTION.name(options.context.temporal_selection, "")
-    SCORE_MODE.name(options.scoring.mode, "")
-    SCORE_PARSER.name(options.scoring.parser, "")
     in_flight = options.max_segments_in_flight or max_in_flight
     if not 1 <= in_flight <= max(max_in_flight, 1):
         raise InvalidInput(f"max_segments_in_flight must be 1..{max_in_flight}, got {in_flight}")
-    context = context_pb2.ContextOptions()
-    context.CopyFrom(options.context)
-    context.profile = context.profile or PROFILE.value(profile)
-    context.preset = context.preset or preset
-    scoring = lvlm_pb2.ScoreOptions()
-    scoring.CopyFrom(options.scoring)
-    scoring.profile = scoring.profile or PROFILE.value(profile)
-    scoring.preset = scoring.preset or preset
-    scoring.multi_text = scoring.multi_text or options.multi_text
+    context, scoring = internal_options(options, PROFILE.value(profile), preset)
     if options.HasField("reason_threshold") and not 0 <= options.reason_threshold <= 1:
         raise InvalidInput(f"reason_threshold is a fused score, 0..1; got {echo(options.reason_threshold, 20)}")
     if options.HasField("gate_threshold") and not -1 <= options.gate_threshold <= 1:
         raise InvalidInput(f"gate_threshold is a cosine similarity, -1..1; got {echo(options.gate_threshold, 20)}")
-    validate_max_tokens(scoring.max_tokens, "scoring.max_tokens")
+    validate_max_tokens(scoring.max_tokens, "advanced.scoring.max_tokens")
     if scoring.multi_text and scoring.mode == lvlm_pb2.SCORE_MODE_FAST:
         raise InvalidInput("the fast mode reads one score per call from token probabilities; use multi_text with "
                            "the standard or reason_first mode")
     if options.HasField("reason_threshold") and scoring.mode != lvlm_pb2.SCORE_MODE_FAST:
-        raise InvalidInput("reason_threshold applies to the fast scoring mode (scoring.mode = SCORE_MODE_FAST), "
+        raise InvalidInput("reason_threshold applies to the fast scoring mode (scoring_mode = SCORE_MODE_FAST), "
                            "whose scores come without reasons")
     return DetectParams(
         profile=profile, segment_length=length, weights=(weights[0], weights[1], weights[2]), sigma=sigma,
@@ -81,3 +71,33 @@ def resolve(
         reason_threshold=options.reason_threshold if options.HasField("reason_threshold") else None,
         gate_threshold=options.gate_threshold if options.HasField("gate_threshold") else None,
     )
+
+
+def _one_place(name: str, public: Any, internal: Any, default: Any) -> Any:
+    """A setting given at the top of DetectOptions, or (older clients) in the nested options:
+    the value, refusing two different ones."""
+    if public != default and internal != default and public != internal:
+        raise InvalidInput(f"{name} is set twice with different values; set it once, as DetectOptions.{name}")
+    return public if public != default else internal
+
+
+def internal_options(options: orchestrator_pb2.DetectOptions, profile: common_pb2.Profile.ValueType, preset: str
+                     ) -> tuple[context_pb2.ContextOptions, lvlm_pb2.ScoreOptions]:
+    """The options context_service and lvlm_service get: `advanced` (or the deprecated fields it
+    replaces) with the detection's own settings filled in; every enum checked here, before any
+    frame is decoded."""
+    context, scoring = context_pb2.ContextOptions(), lvlm_pb2.ScoreOptions()
+    context.CopyFrom(options.advanced.context if options.advanced.HasField("context") else options.context)
+    scoring.CopyFrom(options.advanced.scoring if options.advanced.HasField("scoring") else options.scoring)
+    context.half_stride = _one_place("half_stride", options.half_stride, context.half_stride, False)
+    context.temporal_selection = _one_place("temporal_selection", options.temporal_selection,
+                                            context.temporal_selection, 0)
+    scoring.mode = _one_place("scoring_mode", options.scoring_mode, scoring.mode, 0)
+    scoring.multi_text = _one_place("multi_text", options.multi_text, scoring.multi_text, False)
+    for nested in (context, scoring):
+        nested.profile = _one_place("profile", profile, nested.profile, 0)
+        nested.preset = _one_place("preset", preset, nested.preset, "")
+    TEMPORAL_SELECTION.name(context.temporal_selection, "")
+    SCORE_MODE.name(scoring.mode, "")
+    SCORE_PARSER.name(scoring.parser, "")
+    return context, scoring

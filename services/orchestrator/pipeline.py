@@ -24,7 +24,7 @@ from services.orchestrator.fusion import (
     smooth,
 )
 from services.orchestrator.service_clients import KeyFrameChoice, ServiceClients, StreamScore
-from services.orchestrator.sources import ThreadedSource
+from services.orchestrator.sources import DEFAULT_FPS, AsyncFrameSource, Frame
 
 MIN_SEGMENT_FRAMES = 4  # the key-frame rule picks one frame in each quarter
 MISSING = StreamScore(0.0, "", False, "no answer for this stream")
@@ -77,6 +77,9 @@ class SegmentOutcome:
     max_then_fuse: float  # the reference's rule
     score: float  # under the request's rule
     usage: lvlm_pb2.Usage
+    start_seconds: float = 0.0  # media time of the first frame
+    end_seconds: float = 0.0  # media time just after the last frame
+    wall_ms: int = 0  # live sources: when the last frame was read
     gated: bool = False  # skipped by the CLIP gate
     best_similarity: float = 0.0
 
@@ -128,7 +131,12 @@ def add_usage(parts: Sequence[lvlm_pb2.Usage]) -> lvlm_pb2.Usage:
 class _Segment:
     index: int
     start: int
-    frames: list[bytes]
+    frames: list[Frame]
+    fps: float  # for the media time just after the last frame
+
+    @property
+    def images(self) -> list[bytes]:
+        return [frame.data for frame in self.frames]
 
 
 class Detector:
@@ -152,7 +160,7 @@ class Detector:
                        ) -> SegmentOutcome:
         started = time.perf_counter()
         selected_frames = await self._clients.select_key_frames(
-            segment.frames, texts, params.strategy, seed=segment.index, joint=params.multi_text)
+            segment.images, texts, params.strategy, seed=segment.index, joint=params.multi_text)
         timings.key_frames += time.perf_counter() - started
         best = selected_frames.best_similarity
         if params.gate_threshold is not None and best < params.gate_threshold:
@@ -160,10 +168,10 @@ class Detector:
         # Per text, or one joint choice whose three images carry every text.
         choices = [selected_frames.joint] if selected_frames.joint is not None else selected_frames.choices
         built_at = time.perf_counter()
-        contexts = await self._clients.build_contexts(segment.frames, choices, params.context_options)
+        contexts = await self._clients.build_contexts(segment.images, choices, params.context_options)
         scored_at = time.perf_counter()
         timings.contexts += scored_at - built_at
-        streams, usage = await self._clients.score(segment.frames, choices, contexts, params.score_options)
+        streams, usage = await self._clients.score(segment.images, choices, contexts, params.score_options)
         timings.scoring += time.perf_counter() - scored_at
         choice_of = {t: c for c in choices for t in c.texts}
         results = []
@@ -195,7 +203,7 @@ class Detector:
         options = lvlm_pb2.ScoreOptions()
         options.CopyFrom(params.score_options)
         options.mode, options.multi_text = lvlm_pb2.SCORE_MODE_STANDARD, False
-        reasons, extra = await self._clients.reasons(segment.frames, wanted, options)
+        reasons, extra = await self._clients.reasons(segment.images, wanted, options)
         updated = [replace(r, frame=replace(r.frame, reason=reasons.get(r.text, r.frame.reason))) for r in results]
         return updated, add_usage([usage, extra])
 
@@ -214,13 +222,15 @@ class Detector:
         best_text = max_over_texts([r.fused for r in results])
         best_streams = max_then_fuse([(r.frame.score, r.position.score, r.temporal.score) for r in results],
                                      params.weights)
+        first, last = segment.frames[0], segment.frames[-1]
         return SegmentOutcome(
             segment.index, segment.start, segment.start + len(segment.frames), results, best_text, best_streams,
             best_streams if params.multi_text_fusion == "max_then_fuse" else best_text, usage,
-            gated=gated, best_similarity=best_similarity,
+            start_seconds=first.seconds, end_seconds=last.seconds + 1 / (segment.fps or DEFAULT_FPS),
+            wall_ms=last.wall_ms, gated=gated, best_similarity=best_similarity,
         )
 
-    async def detect(self, source: ThreadedSource, texts: list[str], params: DetectParams) -> AsyncIterator[Update]:
+    async def detect(self, source: AsyncFrameSource, texts: list[str], params: DetectParams) -> AsyncIterator[Update]:
         clock = time.perf_counter()
         timings = Timings()
         clip_info, lvlm_info = await self._clients.model_infos()
@@ -245,7 +255,7 @@ class Detector:
                     if params.tail_policy == "score":
                         tail_extension = (start, frames_read)
                     break
-                segment = _Segment(start // params.segment_length, start, frames)
+                segment = _Segment(start // params.segment_length, start, frames, source.info.fps)
                 pending.append(asyncio.create_task(self._process(segment, texts, params, timings)))
                 while len(pending) >= params.max_in_flight:
                     outcomes.append(await pending.popleft())
@@ -266,7 +276,7 @@ class Detector:
 
     @staticmethod
     def _summary(
-        source: ThreadedSource, outcomes: list[SegmentOutcome], frames_read: int,
+        source: AsyncFrameSource, outcomes: list[SegmentOutcome], frames_read: int,
         tail_extension: tuple[int, int] | None, params: DetectParams, timings: Timings,
         clip_info: common_pb2.ModelInfo, lvlm_info: common_pb2.ModelInfo,
     ) -> Summary:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
 from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 from services.common.enums import MULTI_TEXT_FUSION, PROFILE, TAIL_POLICY
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, echo
 from services.common.server import RpcContext, ServiceSpec
 from services.common.validation import validate_texts
 from services.orchestrator import options as detect_options
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.fusion import split_texts
-from services.orchestrator.pipeline import Detector, SegmentOutcome, Started, Summary, Update
+from services.orchestrator.pipeline import Detector, DetectParams, SegmentOutcome, Started, Summary, Update
 from services.orchestrator.service_clients import ServiceClients, StreamScore
-from services.orchestrator.sources import FrameEncoding, open_threaded
+from services.orchestrator.sources import FrameEncoding, PushedSource, open_threaded
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+MAX_STREAM_FPS = 240.0
 
 
 def _stream(score: StreamScore) -> orchestrator_pb2.StreamScore:
@@ -33,7 +35,8 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
         return orchestrator_pb2.DetectUpdate(segment=orchestrator_pb2.SegmentResult(
             index=update.index, start_frame=update.start, end_frame=update.end, max_fused=update.max_fused,
             max_then_fuse=update.max_then_fuse, score=update.score, gated=update.gated,
-            best_similarity=update.best_similarity, lvlm_usage=update.usage,
+            best_similarity=update.best_similarity, lvlm_usage=update.usage, start_seconds=update.start_seconds,
+            end_seconds=update.end_seconds, wall_time_ms=update.wall_ms,
             scores=[
                 orchestrator_pb2.TextSegmentScore(
                     text=r.text, frame=_stream(r.frame), position=_stream(r.position), temporal=_stream(r.temporal),
@@ -64,22 +67,23 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self._settings = settings
         self._detector = detector
 
-    def _texts(self, request: orchestrator_pb2.DetectRequest) -> list[str]:
-        validate_texts(list(request.texts))
-        texts = split_texts(request.texts, split_hyphens=not request.options.keep_hyphenated_texts)
+    def _texts(self, requested: Sequence[str], options: orchestrator_pb2.DetectOptions) -> list[str]:
+        validate_texts(list(requested))
+        texts = split_texts(requested, split_hyphens=not options.keep_hyphenated_texts)
         validate_texts(texts)
         if len(texts) > self._settings.max_texts:
             raise InvalidInput(f"{len(texts)} texts after splitting; the limit is {self._settings.max_texts}")
         return texts
 
+    def _params(self, options: orchestrator_pb2.DetectOptions) -> DetectParams:
+        return replace(detect_options.resolve(options, self._settings.max_segments_in_flight, self._settings.profile),
+                       max_frames=self._settings.max_frames)
+
     async def Detect(
         self, request: orchestrator_pb2.DetectRequest, context: RpcContext
     ) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
-        texts = self._texts(request)
-        params = replace(
-            detect_options.resolve(request.options, self._settings.max_segments_in_flight, self._settings.profile),
-            max_frames=self._settings.max_frames,
-        )
+        texts = self._texts(request.texts, request.options)
+        params = self._params(request.options)
         encoding = FrameEncoding(self._settings.frame_format, self._settings.jpeg_quality,
                                  self._settings.max_image_pixels)
         roots = [r for r in self._settings.media_roots.split(",") if r.strip()]
@@ -90,6 +94,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                 yield to_proto(update)
         finally:
             source.close()
+
+    async def DetectStream(
+        self, requests: AsyncIterator[orchestrator_pb2.DetectStreamRequest], context: RpcContext
+    ) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
+        first = await anext(aiter(requests), None)
+        if first is None or not first.HasField("config"):
+            raise InvalidInput("DetectStream starts with a config message (texts and options), then the frames")
+        config = first.config
+        if not (math.isfinite(config.fps) and 0 <= config.fps <= MAX_STREAM_FPS):
+            raise InvalidInput(f"fps must be 0 (25) to {MAX_STREAM_FPS:g}, got {echo(config.fps, 20)}")
+        texts = self._texts(config.texts, config.options)
+        params = self._params(config.options)
+        source = PushedSource(requests, config.fps, self._settings.max_image_pixels)
+        async for update in self._detector.detect(source, texts, params):
+            yield to_proto(update)
 
 
 def build_service(settings: OrchestratorSettings) -> ServiceSpec:

@@ -16,7 +16,8 @@ import concurrent.futures
 import functools
 import re
 import stat
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,7 @@ from typing import Protocol
 import av
 import cv2
 import numpy as np
+from anyanomaly.v1 import orchestrator_pb2
 
 from services.common.errors import InvalidInput, PermissionDenied, echo
 from services.common.images import decode_image, encode_jpeg, encode_png, header_size, image_format
@@ -40,10 +42,20 @@ class SourceInfo:
     num_frames: int  # 0 when unknown in advance
 
 
+DEFAULT_FPS = 25.0  # media time of frames whose source has no frame rate (frame folders)
+
+
+@dataclass(frozen=True)
+class Frame:
+    data: bytes  # JPEG or PNG
+    seconds: float  # media time
+    wall_ms: int = 0  # live sources: when it was read (Unix ms)
+
+
 class FrameSource(Protocol):
     info: SourceInfo
 
-    def read(self, count: int) -> list[bytes]:
+    def read(self, count: int) -> list[Frame]:
         """The next `count` frames (fewer at the end, [] when exhausted), encoded."""
 
     def close(self) -> None: ...
@@ -78,14 +90,16 @@ class VideoSource:
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.info = SourceInfo("file", location, fps if np.isfinite(fps) else 0.0, max(count, 0))
 
-    def read(self, count: int) -> list[bytes]:
-        frames: list[bytes] = []
+    def read(self, count: int) -> list[Frame]:
+        frames: list[Frame] = []
         while len(frames) < count:
             ok, bgr = self._capture.read()
             if not ok or bgr is None:
                 break
             check_frame_size(bgr, self.info.location, self._encoding.max_pixels)
-            frames.append(self._encoding.encode(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+            index = self._read + len(frames)
+            frames.append(Frame(self._encoding.encode(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)),
+                                index / (self.info.fps or DEFAULT_FPS)))
         if not frames and self._read == 0:
             raise InvalidInput(f"{self.info.location}: no frame could be decoded (empty or corrupt video)")
         self._read += len(frames)
@@ -119,8 +133,8 @@ class StreamSource:
             return f"it did not answer within {self._timeout:g} s"
         return f"it is unreachable or sends no video ({getattr(error, 'strerror', None) or error})"
 
-    def read(self, count: int) -> list[bytes]:
-        frames: list[bytes] = []
+    def read(self, count: int) -> list[Frame]:
+        frames: list[Frame] = []
         while len(frames) < count:
             try:
                 frame = next(self._frames)
@@ -131,7 +145,9 @@ class StreamSource:
                                    f"frames: {self._why(exc)}") from None
             rgb = frame.to_ndarray(format="rgb24")
             check_frame_size(rgb, self.info.location, self._encoding.max_pixels)
-            frames.append(self._encoding.encode(rgb))
+            index = self._read + len(frames)
+            seconds = float(frame.time) if frame.time is not None else index / (self.info.fps or DEFAULT_FPS)
+            frames.append(Frame(self._encoding.encode(rgb), seconds, int(time.time() * 1000)))
         self._read += len(frames)
         return frames
 
@@ -157,8 +173,8 @@ class FolderSource:
         self._next = 0
         self.info = SourceInfo("folder", str(folder), 0.0, len(self._files))
 
-    def read(self, count: int) -> list[bytes]:
-        frames = []
+    def read(self, count: int) -> list[Frame]:
+        frames: list[Frame] = []
         for path in self._files[self._next : self._next + count]:
             data = path.read_bytes()
             if image_format(data) == "unknown":  # e.g. BMP: decode once, send as PNG
@@ -171,7 +187,7 @@ class FolderSource:
                 raise InvalidInput(f"{path}: corrupt or truncated image")
             if self._encoding.max_pixels and size[0] * size[1] > self._encoding.max_pixels:
                 decode_image(data, str(path), self._encoding.max_pixels)  # raises with the size in the message
-            frames.append(data)
+            frames.append(Frame(data, (self._next + len(frames)) / DEFAULT_FPS))
         self._next += len(frames)
         return frames
 
@@ -231,6 +247,17 @@ def open_source(
     return VideoSource(str(target), encoding)
 
 
+class AsyncFrameSource(Protocol):
+    """What the detection pipeline reads frames from."""
+
+    info: SourceInfo
+
+    async def read(self, count: int) -> list[Frame]:
+        """The next `count` frames (fewer at the end, [] when exhausted)."""
+
+    def close(self) -> None: ...
+
+
 class ThreadedSource:
     """A FrameSource whose blocking calls run on a thread of its own."""
 
@@ -239,7 +266,7 @@ class ThreadedSource:
         self._source = source
         self._executor = executor
 
-    async def read(self, count: int) -> list[bytes]:
+    async def read(self, count: int) -> list[Frame]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._source.read, count)
 
     def close(self) -> None:
@@ -258,3 +285,41 @@ async def open_threaded(*args: object, **kwargs: object) -> ThreadedSource:
         executor.shutdown(wait=False)
         raise
     return ThreadedSource(source, executor)
+
+
+class PushedSource:
+    """Frames a client pushes over DetectStream. Frames are taken from the stream only when the
+    pipeline wants the next segment, so gRPC flow control holds the client back when scoring is
+    slower than it pushes: the server never buffers more than a few segments."""
+
+    def __init__(self, messages: AsyncIterator[orchestrator_pb2.DetectStreamRequest], fps: float,
+                 max_pixels: int) -> None:
+        self._messages = messages
+        self._fps = fps or DEFAULT_FPS
+        self._max_pixels = max_pixels
+        self._next_seconds = 0.0
+        self._count = 0
+        self.info = SourceInfo("pushed", "DetectStream", fps, 0)
+
+    async def read(self, count: int) -> list[Frame]:
+        frames: list[Frame] = []
+        async for message in self._messages:
+            if not message.HasField("frame"):
+                raise InvalidInput("DetectStream takes one config message, then only frame messages")
+            data = message.frame.image.data
+            what = f"frame {self._count}"
+            size = header_size(data) if image_format(data) != "unknown" else None
+            if size is None:
+                decode_image(data, what)  # raises with what is wrong
+            elif self._max_pixels and size[0] * size[1] > self._max_pixels:
+                decode_image(data, what, self._max_pixels)
+            seconds = message.frame.media_seconds if message.frame.HasField("media_seconds") else self._next_seconds
+            self._next_seconds = seconds + 1 / self._fps
+            self._count += 1
+            frames.append(Frame(data, seconds, int(time.time() * 1000)))
+            if len(frames) == count:
+                break
+        return frames
+
+    def close(self) -> None:
+        return None

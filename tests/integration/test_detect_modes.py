@@ -96,16 +96,17 @@ async def test_fast_mode_fetches_reasons_only_for_texts_at_or_above_the_threshol
     scripted: Scripted, tmp_path: Path
 ) -> None:
     folder = frame_folder(tmp_path, 72)
-    fast = orchestrator_pb2.DetectOptions().scoring
-    fast.mode = lvlm_pb2.SCORE_MODE_FAST
-    results, _ = await run(scripted.stack, folder, TEXTS, scoring=fast)
+    fast = lvlm_pb2.SCORE_MODE_FAST
+    results, _ = await run(scripted.stack, folder, TEXTS, scoring_mode=fast)
     segments = expected.segments_of(results)
     assert expected.answered(segments) == scripted.lvlm.counts()  # the scores read from log-probabilities
     assert all(t.frame.reason == "" for s in results for t in s.scores)
     fused = sorted(t.fused for s in results for t in s.scores)
     assert fused[0] < fused[-1]
     threshold = fused[len(fused) // 2]  # half the texts reach it
-    results, _ = await run(scripted.stack, folder, TEXTS, scoring=fast, reason_threshold=threshold)
+    # An older client's nested options mean the same (DetectOptions.scoring before `advanced`).
+    results, _ = await run(scripted.stack, folder, TEXTS, scoring=lvlm_pb2.ScoreOptions(mode=fast),
+                           reason_threshold=threshold)
     for result in results:
         wanted = [t for t in result.scores if t.fused >= threshold]
         assert result.lvlm_usage.calls == 3 * len(TEXTS) + len(wanted)  # one standard call per text reaching it

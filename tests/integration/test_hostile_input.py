@@ -149,8 +149,14 @@ async def test_texts_with_control_and_bidi_characters_are_refused_everywhere(
     ({"sigma": 1e7}, "sigma must be 0 (no smoothing) to 1000"),
     ({"sigma": float("nan")}, "sigma must be"),
     ({"fusion_weights": [3e38, 0.0, 0.0]}, "fusion_weights must be 3 numbers from 0 to 100"),
-    ({"scoring": lvlm_pb2.ScoreOptions(max_tokens=2**31 - 1)}, "scoring.max_tokens must be 0"),
-    ({"reason_threshold": 7.0, "scoring": lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_FAST)}, "0..1"),
+    ({"advanced": orchestrator_pb2.AdvancedOptions(scoring=lvlm_pb2.ScoreOptions(max_tokens=2**31 - 1))},
+     "advanced.scoring.max_tokens must be 0"),
+    ({"reason_threshold": 7.0, "scoring_mode": lvlm_pb2.SCORE_MODE_FAST}, "0..1"),
+    ({"scoring_mode": lvlm_pb2.SCORE_MODE_FAST, "advanced": orchestrator_pb2.AdvancedOptions(
+        scoring=lvlm_pb2.ScoreOptions(mode=lvlm_pb2.SCORE_MODE_REASON_FIRST))},
+     "scoring_mode is set twice with different values"),
+    ({"advanced": orchestrator_pb2.AdvancedOptions(context=context_pb2.ContextOptions(
+        temporal_selection=context_pb2.TemporalSelection.ValueType(9)))}, "unknown TemporalSelection value 9"),
     ({"gate_threshold": -3.0}, "gate_threshold is a cosine"),
 ])
 async def test_out_of_range_detect_options_are_refused_before_any_work(

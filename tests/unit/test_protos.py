@@ -15,7 +15,7 @@ def test_committed_generated_code_is_current(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "scripts/gen_protos.py", "--out", str(tmp_path)], cwd=REPO_ROOT, check=True)
     committed_dir = REPO_ROOT / "protos" / "anyanomaly" / "v1"
     protos = sorted(p.stem for p in committed_dir.glob("*.proto"))
-    assert protos == ["clip", "common", "context", "lvlm", "orchestrator"]
+    assert protos == ["clip", "common", "context", "events", "jobs", "lvlm", "monitors", "orchestrator"]
     for stem in protos:
         for suffix in GENERATED_SUFFIXES:
             fresh = (tmp_path / "anyanomaly" / "v1" / f"{stem}{suffix}").read_text()

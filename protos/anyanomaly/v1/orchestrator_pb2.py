@@ -24,40 +24,53 @@ _sym_db = _symbol_database.Default()
 
 from anyanomaly.v1 import common_pb2 as anyanomaly_dot_v1_dot_common__pb2
 from anyanomaly.v1 import context_pb2 as anyanomaly_dot_v1_dot_context__pb2
+from anyanomaly.v1 import events_pb2 as anyanomaly_dot_v1_dot_events__pb2
 from anyanomaly.v1 import lvlm_pb2 as anyanomaly_dot_v1_dot_lvlm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n anyanomaly/v1/orchestrator.proto\x12\ranyanomaly.v1\x1a\x1a\x61nyanomaly/v1/common.proto\x1a\x1b\x61nyanomaly/v1/context.proto\x1a\x18\x61nyanomaly/v1/lvlm.proto\"L\n\x0bVideoSource\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\x16\n\x0c\x66rame_folder\x18\x02 \x01(\tH\x00\x12\r\n\x03uri\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"\xc9\x04\n\rDetectOptions\x12\'\n\x07profile\x18\x01 \x01(\x0e\x32\x16.anyanomaly.v1.Profile\x12\x16\n\x0esegment_length\x18\x02 \x01(\x05\x12\x16\n\x0e\x66usion_weights\x18\x03 \x03(\x02\x12\x12\n\x05sigma\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12.\n\x0btail_policy\x18\x05 \x01(\x0e\x32\x19.anyanomaly.v1.TailPolicy\x12\x1d\n\x15keep_hyphenated_texts\x18\x06 \x01(\x08\x12\x0e\n\x06preset\x18\x07 \x01(\t\x12\x31\n\x08strategy\x18\x08 \x01(\x0e\x32\x1f.anyanomaly.v1.KeyFrameStrategy\x12\x1e\n\x16max_segments_in_flight\x18\t \x01(\x05\x12.\n\x07\x63ontext\x18\n \x01(\x0b\x32\x1d.anyanomaly.v1.ContextOptions\x12,\n\x07scoring\x18\x0b \x01(\x0b\x32\x1b.anyanomaly.v1.ScoreOptions\x12\x39\n\x11multi_text_fusion\x18\x0c \x01(\x0e\x32\x1e.anyanomaly.v1.MultiTextFusion\x12\x12\n\nmulti_text\x18\r \x01(\x08\x12\x1d\n\x10reason_threshold\x18\x0e \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0egate_threshold\x18\x0f \x01(\x02H\x02\x88\x01\x01\x42\x08\n\x06_sigmaB\x13\n\x11_reason_thresholdB\x11\n\x0f_gate_threshold\"y\n\rDetectRequest\x12*\n\x06source\x18\x01 \x01(\x0b\x32\x1a.anyanomaly.v1.VideoSource\x12\r\n\x05texts\x18\x02 \x03(\t\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.anyanomaly.v1.DetectOptions\"W\n\rDetectStarted\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\x12\x12\n\nnum_frames\x18\x03 \x01(\x05\x12\x16\n\x0esegment_length\x18\x04 \x01(\x05\"K\n\x0bStreamScore\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06parsed\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xe2\x01\n\x10TextSegmentScore\x12\x0c\n\x04text\x18\x01 \x01(\t\x12)\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1a.anyanomaly.v1.StreamScore\x12,\n\x08position\x18\x03 \x01(\x0b\x32\x1a.anyanomaly.v1.StreamScore\x12,\n\x08temporal\x18\x04 \x01(\x0b\x32\x1a.anyanomaly.v1.StreamScore\x12\r\n\x05\x66used\x18\x05 \x01(\x02\x12\x12\n\nkey_frames\x18\x06 \x03(\x05\x12\x16\n\x0erepresentative\x18\x07 \x01(\x05\"\x82\x02\n\rSegmentResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x13\n\x0bstart_frame\x18\x02 \x01(\x05\x12\x11\n\tend_frame\x18\x03 \x01(\x05\x12/\n\x06scores\x18\x04 \x03(\x0b\x32\x1f.anyanomaly.v1.TextSegmentScore\x12\x11\n\tmax_fused\x18\x05 \x01(\x02\x12\x15\n\rmax_then_fuse\x18\x06 \x01(\x02\x12\r\n\x05score\x18\x07 \x01(\x02\x12\r\n\x05gated\x18\x08 \x01(\x08\x12\x17\n\x0f\x62\x65st_similarity\x18\t \x01(\x02\x12(\n\nlvlm_usage\x18\n \x01(\x0b\x32\x14.anyanomaly.v1.Usage\"\x87\x01\n\x07Timings\x12\x15\n\rtotal_seconds\x18\x01 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x02 \x01(\x01\x12\x1a\n\x12key_frames_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x63ontexts_seconds\x18\x04 \x01(\x01\x12\x17\n\x0fscoring_seconds\x18\x05 \x01(\x01\"\xc6\x04\n\x07Summary\x12\x12\n\nnum_frames\x18\x01 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\x12\x14\n\x0c\x66rame_scores\x18\x03 \x03(\x02\x12.\n\x0btail_policy\x18\x04 \x01(\x0e\x32\x19.anyanomaly.v1.TailPolicy\x12\x16\n\x0e\x66usion_weights\x18\x05 \x03(\x02\x12\r\n\x05sigma\x18\x06 \x01(\x02\x12\'\n\x07timings\x18\x07 \x01(\x0b\x32\x16.anyanomaly.v1.Timings\x12,\n\nclip_model\x18\x08 \x01(\x0b\x32\x18.anyanomaly.v1.ModelInfo\x12,\n\nlvlm_model\x18\t \x01(\x0b\x32\x18.anyanomaly.v1.ModelInfo\x12\x15\n\rscored_frames\x18\n \x01(\x05\x12(\n\nlvlm_usage\x18\x0b \x01(\x0b\x32\x14.anyanomaly.v1.Usage\x12\x16\n\x0eparse_failures\x18\x0c \x01(\x05\x12\x39\n\x11multi_text_fusion\x18\r \x01(\x0e\x32\x1e.anyanomaly.v1.MultiTextFusion\x12\'\n\x07profile\x18\x0e \x01(\x0e\x32\x16.anyanomaly.v1.Profile\x12\x0e\n\x06preset\x18\x0f \x01(\t\x12\x31\n\x08strategy\x18\x10 \x01(\x0e\x32\x1f.anyanomaly.v1.KeyFrameStrategy\x12\x16\n\x0egated_segments\x18\x11 \x01(\x05\x12\x10\n\x08segments\x18\x12 \x01(\x05\"\xa5\x01\n\x0c\x44\x65tectUpdate\x12/\n\x07started\x18\x01 \x01(\x0b\x32\x1c.anyanomaly.v1.DetectStartedH\x00\x12/\n\x07segment\x18\x02 \x01(\x0b\x32\x1c.anyanomaly.v1.SegmentResultH\x00\x12)\n\x07summary\x18\x03 \x01(\x0b\x32\x16.anyanomaly.v1.SummaryH\x00\x42\x08\n\x06update*V\n\nTailPolicy\x12\x1b\n\x17TAIL_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11TAIL_POLICY_SCORE\x10\x01\x12\x14\n\x10TAIL_POLICY_DROP\x10\x02*~\n\x0fMultiTextFusion\x12!\n\x1dMULTI_TEXT_FUSION_UNSPECIFIED\x10\x00\x12#\n\x1fMULTI_TEXT_FUSION_FUSE_THEN_MAX\x10\x01\x12#\n\x1fMULTI_TEXT_FUSION_MAX_THEN_FUSE\x10\x02\x32U\n\x0cOrchestrator\x12\x45\n\x06\x44\x65tect\x12\x1c.anyanomaly.v1.DetectRequest\x1a\x1b.anyanomaly.v1.DetectUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n anyanomaly/v1/orchestrator.proto\x12\ranyanomaly.v1\x1a\x1a\x61nyanomaly/v1/common.proto\x1a\x1b\x61nyanomaly/v1/context.proto\x1a\x1a\x61nyanomaly/v1/events.proto\x1a\x18\x61nyanomaly/v1/lvlm.proto\"L\n\x0bVideoSource\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\x16\n\x0c\x66rame_folder\x18\x02 \x01(\tH\x00\x12\r\n\x03uri\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"\x86\x06\n\rDetectOptions\x12\'\n\x07profile\x18\x01 \x01(\x0e\x32\x16.anyanomaly.v1.Profile\x12\x16\n\x0esegment_length\x18\x02 \x01(\x05\x12\x16\n\x0e\x66usion_weights\x18\x03 \x03(\x02\x12\x12\n\x05sigma\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12.\n\x0btail_policy\x18\x05 \x01(\x0e\x32\x19.anyanomaly.v1.TailPolicy\x12\x1d\n\x15keep_hyphenated_texts\x18\x06 \x01(\x08\x12\x0e\n\x06preset\x18\x07 \x01(\t\x12\x31\n\x08strategy\x18\x08 \x01(\x0e\x32\x1f.anyanomaly.v1.KeyFrameStrategy\x12\x1e\n\x16max_segments_in_flight\x18\t \x01(\x05\x12\x32\n\x07\x63ontext\x18\n \x01(\x0b\x32\x1d.anyanomaly.v1.ContextOptionsB\x02\x18\x01\x12\x30\n\x07scoring\x18\x0b \x01(\x0b\x32\x1b.anyanomaly.v1.ScoreOptionsB\x02\x18\x01\x12\x39\n\x11multi_text_fusion\x18\x0c \x01(\x0e\x32\x1e.anyanomaly.v1.MultiTextFusion\x12\x12\n\nmulti_text\x18\r \x01(\x08\x12\x1d\n\x10reason_threshold\x18\x0e \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0egate_threshold\x18\x0f \x01(\x02H\x02\x88\x01\x01\x12.\n\x0cscoring_mode\x18\x10 \x01(\x0e\x32\x18.anyanomaly.v1.ScoreMode\x12\x13\n\x0bhalf_stride\x18\x11 \x01(\x08\x12<\n\x12temporal_selection\x18\x12 \x01(\x0e\x32 .anyanomaly.v1.TemporalSelection\x12\x30\n\x08\x61\x64vanced\x18\x13 \x01(\x0b\x32\x1e.anyanomaly.v1.AdvancedOptionsB\x08\n\x06_sigmaB\x13\n\x11_reason_thresholdB\x11\n\x0f_gate_threshold\"o\n\x0f\x41\x64vancedOptions\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.anyanomaly.v1.ContextOptions\x12,\n\x07scoring\x18\x02 \x01(\x0b\x32\x1b.anyanomaly.v1.ScoreOptions\"y\n\rDetectRequest\x12*\n\x06source\x18\x01 \x01(\x0b\x32\x1a.anyanomaly.v1.VideoSource\x12\r\n\x05texts\x18\x02 \x03(\t\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.anyanomaly.v1.DetectOptions\"W\n\rDetectStarted\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\x12\x12\n\nnum_frames\x18\x03 \x01(\x05\x12\x16\n\x0esegment_length\x18\x04 \x01(\x05\"K\n\x0bStreamScore\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06parsed\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xe2\x01\n\x10TextSegmentScore\x12\x0c\n\x04text\x18\x01 \x01(\t\x12)\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1a.anyanomaly.v1.StreamScore\x12,\n\x08position\x18\x03 \x01(\x0b\x32\x1a.anyanomaly.v1.StreamScore\x12,\n\x08temporal\x18\x04 \x01(\x0b\x32\x1a.anyanomaly.v1.StreamScore\x12\r\n\x05\x66used\x18\x05 \x01(\x02\x12\x12\n\nkey_frames\x18\x06 \x03(\x05\x12\x16\n\x0erepresentative\x18\x07 \x01(\x05\"\xc4\x02\n\rSegmentResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x13\n\x0bstart_frame\x18\x02 \x01(\x05\x12\x11\n\tend_frame\x18\x03 \x01(\x05\x12/\n\x06scores\x18\x04 \x03(\x0b\x32\x1f.anyanomaly.v1.TextSegmentScore\x12\x11\n\tmax_fused\x18\x05 \x01(\x02\x12\x15\n\rmax_then_fuse\x18\x06 \x01(\x02\x12\r\n\x05score\x18\x07 \x01(\x02\x12\r\n\x05gated\x18\x08 \x01(\x08\x12\x17\n\x0f\x62\x65st_similarity\x18\t \x01(\x02\x12(\n\nlvlm_usage\x18\n \x01(\x0b\x32\x14.anyanomaly.v1.Usage\x12\x15\n\rstart_seconds\x18\x0b \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x0c \x01(\x01\x12\x14\n\x0cwall_time_ms\x18\r \x01(\x03\"\x87\x01\n\x07Timings\x12\x15\n\rtotal_seconds\x18\x01 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x02 \x01(\x01\x12\x1a\n\x12key_frames_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x63ontexts_seconds\x18\x04 \x01(\x01\x12\x17\n\x0fscoring_seconds\x18\x05 \x01(\x01\"\xc6\x04\n\x07Summary\x12\x12\n\nnum_frames\x18\x01 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\x12\x14\n\x0c\x66rame_scores\x18\x03 \x03(\x02\x12.\n\x0btail_policy\x18\x04 \x01(\x0e\x32\x19.anyanomaly.v1.TailPolicy\x12\x16\n\x0e\x66usion_weights\x18\x05 \x03(\x02\x12\r\n\x05sigma\x18\x06 \x01(\x02\x12\'\n\x07timings\x18\x07 \x01(\x0b\x32\x16.anyanomaly.v1.Timings\x12,\n\nclip_model\x18\x08 \x01(\x0b\x32\x18.anyanomaly.v1.ModelInfo\x12,\n\nlvlm_model\x18\t \x01(\x0b\x32\x18.anyanomaly.v1.ModelInfo\x12\x15\n\rscored_frames\x18\n \x01(\x05\x12(\n\nlvlm_usage\x18\x0b \x01(\x0b\x32\x14.anyanomaly.v1.Usage\x12\x16\n\x0eparse_failures\x18\x0c \x01(\x05\x12\x39\n\x11multi_text_fusion\x18\r \x01(\x0e\x32\x1e.anyanomaly.v1.MultiTextFusion\x12\'\n\x07profile\x18\x0e \x01(\x0e\x32\x16.anyanomaly.v1.Profile\x12\x0e\n\x06preset\x18\x0f \x01(\t\x12\x31\n\x08strategy\x18\x10 \x01(\x0e\x32\x1f.anyanomaly.v1.KeyFrameStrategy\x12\x16\n\x0egated_segments\x18\x11 \x01(\x05\x12\x10\n\x08segments\x18\x12 \x01(\x05\"\xcc\x01\n\x0c\x44\x65tectUpdate\x12/\n\x07started\x18\x01 \x01(\x0b\x32\x1c.anyanomaly.v1.DetectStartedH\x00\x12/\n\x07segment\x18\x02 \x01(\x0b\x32\x1c.anyanomaly.v1.SegmentResultH\x00\x12)\n\x07summary\x18\x03 \x01(\x0b\x32\x16.anyanomaly.v1.SummaryH\x00\x12%\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x14.anyanomaly.v1.EventH\x00\x42\x08\n\x06update\"\x82\x01\n\x13\x44\x65tectStreamRequest\x12\x33\n\x06\x63onfig\x18\x01 \x01(\x0b\x32!.anyanomaly.v1.DetectStreamConfigH\x00\x12+\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1a.anyanomaly.v1.StreamFrameH\x00\x42\t\n\x07message\"\x88\x01\n\x12\x44\x65tectStreamConfig\x12\r\n\x05texts\x18\x01 \x03(\t\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.anyanomaly.v1.DetectOptions\x12\'\n\x05rules\x18\x03 \x03(\x0b\x32\x18.anyanomaly.v1.EventRule\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\"`\n\x0bStreamFrame\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.anyanomaly.v1.Image\x12\x1a\n\rmedia_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_media_seconds*V\n\nTailPolicy\x12\x1b\n\x17TAIL_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11TAIL_POLICY_SCORE\x10\x01\x12\x14\n\x10TAIL_POLICY_DROP\x10\x02*~\n\x0fMultiTextFusion\x12!\n\x1dMULTI_TEXT_FUSION_UNSPECIFIED\x10\x00\x12#\n\x1fMULTI_TEXT_FUSION_FUSE_THEN_MAX\x10\x01\x12#\n\x1fMULTI_TEXT_FUSION_MAX_THEN_FUSE\x10\x02\x32\xaa\x01\n\x0cOrchestrator\x12\x45\n\x06\x44\x65tect\x12\x1c.anyanomaly.v1.DetectRequest\x1a\x1b.anyanomaly.v1.DetectUpdate0\x01\x12S\n\x0c\x44\x65tectStream\x12\".anyanomaly.v1.DetectStreamRequest\x1a\x1b.anyanomaly.v1.DetectUpdate(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'anyanomaly.v1.orchestrator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TAILPOLICY']._serialized_start=2470
-  _globals['_TAILPOLICY']._serialized_end=2556
-  _globals['_MULTITEXTFUSION']._serialized_start=2558
-  _globals['_MULTITEXTFUSION']._serialized_end=2684
-  _globals['_VIDEOSOURCE']._serialized_start=134
-  _globals['_VIDEOSOURCE']._serialized_end=210
-  _globals['_DETECTOPTIONS']._serialized_start=213
-  _globals['_DETECTOPTIONS']._serialized_end=798
-  _globals['_DETECTREQUEST']._serialized_start=800
-  _globals['_DETECTREQUEST']._serialized_end=921
-  _globals['_DETECTSTARTED']._serialized_start=923
-  _globals['_DETECTSTARTED']._serialized_end=1010
-  _globals['_STREAMSCORE']._serialized_start=1012
-  _globals['_STREAMSCORE']._serialized_end=1087
-  _globals['_TEXTSEGMENTSCORE']._serialized_start=1090
-  _globals['_TEXTSEGMENTSCORE']._serialized_end=1316
-  _globals['_SEGMENTRESULT']._serialized_start=1319
-  _globals['_SEGMENTRESULT']._serialized_end=1577
-  _globals['_TIMINGS']._serialized_start=1580
-  _globals['_TIMINGS']._serialized_end=1715
-  _globals['_SUMMARY']._serialized_start=1718
-  _globals['_SUMMARY']._serialized_end=2300
-  _globals['_DETECTUPDATE']._serialized_start=2303
-  _globals['_DETECTUPDATE']._serialized_end=2468
-  _globals['_ORCHESTRATOR']._serialized_start=2686
-  _globals['_ORCHESTRATOR']._serialized_end=2771
+  _globals['_DETECTOPTIONS'].fields_by_name['context']._loaded_options = None
+  _globals['_DETECTOPTIONS'].fields_by_name['context']._serialized_options = b'\030\001'
+  _globals['_DETECTOPTIONS'].fields_by_name['scoring']._loaded_options = None
+  _globals['_DETECTOPTIONS'].fields_by_name['scoring']._serialized_options = b'\030\001'
+  _globals['_TAILPOLICY']._serialized_start=3275
+  _globals['_TAILPOLICY']._serialized_end=3361
+  _globals['_MULTITEXTFUSION']._serialized_start=3363
+  _globals['_MULTITEXTFUSION']._serialized_end=3489
+  _globals['_VIDEOSOURCE']._serialized_start=162
+  _globals['_VIDEOSOURCE']._serialized_end=238
+  _globals['_DETECTOPTIONS']._serialized_start=241
+  _globals['_DETECTOPTIONS']._serialized_end=1015
+  _globals['_ADVANCEDOPTIONS']._serialized_start=1017
+  _globals['_ADVANCEDOPTIONS']._serialized_end=1128
+  _globals['_DETECTREQUEST']._serialized_start=1130
+  _globals['_DETECTREQUEST']._serialized_end=1251
+  _globals['_DETECTSTARTED']._serialized_start=1253
+  _globals['_DETECTSTARTED']._serialized_end=1340
+  _globals['_STREAMSCORE']._serialized_start=1342
+  _globals['_STREAMSCORE']._serialized_end=1417
+  _globals['_TEXTSEGMENTSCORE']._serialized_start=1420
+  _globals['_TEXTSEGMENTSCORE']._serialized_end=1646
+  _globals['_SEGMENTRESULT']._serialized_start=1649
+  _globals['_SEGMENTRESULT']._serialized_end=1973
+  _globals['_TIMINGS']._serialized_start=1976
+  _globals['_TIMINGS']._serialized_end=2111
+  _globals['_SUMMARY']._serialized_start=2114
+  _globals['_SUMMARY']._serialized_end=2696
+  _globals['_DETECTUPDATE']._serialized_start=2699
+  _globals['_DETECTUPDATE']._serialized_end=2903
+  _globals['_DETECTSTREAMREQUEST']._serialized_start=2906
+  _globals['_DETECTSTREAMREQUEST']._serialized_end=3036
+  _globals['_DETECTSTREAMCONFIG']._serialized_start=3039
+  _globals['_DETECTSTREAMCONFIG']._serialized_end=3175
+  _globals['_STREAMFRAME']._serialized_start=3177
+  _globals['_STREAMFRAME']._serialized_end=3273
+  _globals['_ORCHESTRATOR']._serialized_start=3492
+  _globals['_ORCHESTRATOR']._serialized_end=3662
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ clip_service, context_service and lvlm_service, fuses and smooths the scores.
 
 from anyanomaly.v1 import common_pb2 as _common_pb2
 from anyanomaly.v1 import context_pb2 as _context_pb2
+from anyanomaly.v1 import events_pb2 as _events_pb2
 from anyanomaly.v1 import lvlm_pb2 as _lvlm_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -21,6 +22,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -107,6 +113,10 @@ Global___VideoSource: _TypeAlias = VideoSource  # noqa: Y015
 
 @_typing.final
 class DetectOptions(_message.Message):
+    """The detection's settings. Each setting has one place: the fields below are the public ones;
+    the internal services' own knobs are under `advanced` (for experiments and parity checks).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILE_FIELD_NUMBER: _builtins.int
@@ -124,6 +134,10 @@ class DetectOptions(_message.Message):
     MULTI_TEXT_FIELD_NUMBER: _builtins.int
     REASON_THRESHOLD_FIELD_NUMBER: _builtins.int
     GATE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    SCORING_MODE_FIELD_NUMBER: _builtins.int
+    HALF_STRIDE_FIELD_NUMBER: _builtins.int
+    TEMPORAL_SELECTION_FIELD_NUMBER: _builtins.int
+    ADVANCED_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     segment_length: _builtins.int
     """N, 0: 24"""
@@ -150,18 +164,26 @@ class DetectOptions(_message.Message):
     """Skip contexts and the LVLM for segments whose best CLIP frame-text similarity is below
     this (their scores are 0). Unset: off.
     """
+    scoring_mode: _lvlm_pb2.ScoreMode.ValueType
+    """STANDARD (score + reason), FAST or REASON_FIRST"""
+    half_stride: _builtins.bool
+    """overlapping windows (stride = window / 2)"""
+    temporal_selection: _context_pb2.TemporalSelection.ValueType
+    """how the temporal context's position is chosen"""
     @_builtins.property
     def fusion_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """g1, g2, g3 for frame, position, temporal; empty: 0.6, 0.3, 0.1"""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def context(self) -> _context_pb2.ContextOptions:
-        """passed to context_service (profile and preset filled in)"""
+        """Before `advanced`: read as advanced.context / advanced.scoring when those are unset."""
 
     @_builtins.property
-    def scoring(self) -> _lvlm_pb2.ScoreOptions:
-        """passed to lvlm_service (profile and preset filled in)"""
-
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def scoring(self) -> _lvlm_pb2.ScoreOptions: ...
+    @_builtins.property
+    def advanced(self) -> Global___AdvancedOptions: ...
     def __init__(
         self,
         *,
@@ -180,10 +202,14 @@ class DetectOptions(_message.Message):
         multi_text: _builtins.bool = ...,
         reason_threshold: _builtins.float | None = ...,
         gate_threshold: _builtins.float | None = ...,
+        scoring_mode: _lvlm_pb2.ScoreMode.ValueType = ...,
+        half_stride: _builtins.bool = ...,
+        temporal_selection: _context_pb2.TemporalSelection.ValueType = ...,
+        advanced: Global___AdvancedOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "context", b"context", "gate_threshold", b"gate_threshold", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "context", b"context", "gate_threshold", b"gate_threshold", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "half_stride", b"half_stride", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "scoring_mode", b"scoring_mode", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "temporal_selection", b"temporal_selection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__gate_threshold: _TypeAlias = _typing.Literal["gate_threshold"]  # noqa: Y015
     _WhichOneofArgType__gate_threshold: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold"]  # noqa: Y015
@@ -199,6 +225,34 @@ class DetectOptions(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__sigma) -> _WhichOneofReturnType__sigma | None: ...
 
 Global___DetectOptions: _TypeAlias = DetectOptions  # noqa: Y015
+
+@_typing.final
+class AdvancedOptions(_message.Message):
+    """The internal services' knobs. Their profile, preset, mode, half_stride, temporal_selection and
+    multi_text are the detection's (a different value here is refused).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    SCORING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> _context_pb2.ContextOptions: ...
+    @_builtins.property
+    def scoring(self) -> _lvlm_pb2.ScoreOptions: ...
+    def __init__(
+        self,
+        *,
+        context: _context_pb2.ContextOptions | None = ...,
+        scoring: _lvlm_pb2.ScoreOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "scoring", b"scoring"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "scoring", b"scoring"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvancedOptions: _TypeAlias = AdvancedOptions  # noqa: Y015
 
 @_typing.final
 class DetectRequest(_message.Message):
@@ -350,6 +404,9 @@ class SegmentResult(_message.Message):
     GATED_FIELD_NUMBER: _builtins.int
     BEST_SIMILARITY_FIELD_NUMBER: _builtins.int
     LVLM_USAGE_FIELD_NUMBER: _builtins.int
+    START_SECONDS_FIELD_NUMBER: _builtins.int
+    END_SECONDS_FIELD_NUMBER: _builtins.int
+    WALL_TIME_MS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     start_frame: _builtins.int
     """inclusive"""
@@ -365,6 +422,12 @@ class SegmentResult(_message.Message):
     """skipped by the CLIP gate: no LVLM call, scores 0"""
     best_similarity: _builtins.float
     """the best CLIP frame-text similarity (what the gate compares)"""
+    start_seconds: _builtins.float
+    """media time of the first frame"""
+    end_seconds: _builtins.float
+    """media time just after the last frame"""
+    wall_time_ms: _builtins.int
+    """Live sources: when the last frame was read (Unix milliseconds); 0 for files."""
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextSegmentScore]: ...
     @_builtins.property
@@ -384,10 +447,13 @@ class SegmentResult(_message.Message):
         gated: _builtins.bool = ...,
         best_similarity: _builtins.float = ...,
         lvlm_usage: _lvlm_pb2.Usage | None = ...,
+        start_seconds: _builtins.float = ...,
+        end_seconds: _builtins.float = ...,
+        wall_time_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lvlm_usage", b"lvlm_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_similarity", b"best_similarity", "end_frame", b"end_frame", "gated", b"gated", "index", b"index", "lvlm_usage", b"lvlm_usage", "max_fused", b"max_fused", "max_then_fuse", b"max_then_fuse", "score", b"score", "scores", b"scores", "start_frame", b"start_frame"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_similarity", b"best_similarity", "end_frame", b"end_frame", "end_seconds", b"end_seconds", "gated", b"gated", "index", b"index", "lvlm_usage", b"lvlm_usage", "max_fused", b"max_fused", "max_then_fuse", b"max_then_fuse", "score", b"score", "scores", b"scores", "start_frame", b"start_frame", "start_seconds", b"start_seconds", "wall_time_ms", b"wall_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -517,25 +583,119 @@ class DetectUpdate(_message.Message):
     STARTED_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___DetectStarted: ...
     @_builtins.property
     def segment(self) -> Global___SegmentResult: ...
     @_builtins.property
     def summary(self) -> Global___Summary: ...
+    @_builtins.property
+    def event(self) -> _events_pb2.Event:
+        """DetectStream and jobs with event rules: an event opened, updated or closed"""
+
     def __init__(
         self,
         *,
         started: Global___DetectStarted | None = ...,
         segment: Global___SegmentResult | None = ...,
         summary: Global___Summary | None = ...,
+        event: _events_pb2.Event | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "segment", b"segment", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "segment", b"segment", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["started", "segment", "summary"]  # noqa: Y015
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["started", "segment", "summary", "event"]  # noqa: Y015
     _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
 
 Global___DetectUpdate: _TypeAlias = DetectUpdate  # noqa: Y015
+
+@_typing.final
+class DetectStreamRequest(_message.Message):
+    """DetectStream: the first message is `config`, every later one a `frame`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def config(self) -> Global___DetectStreamConfig: ...
+    @_builtins.property
+    def frame(self) -> Global___StreamFrame: ...
+    def __init__(
+        self,
+        *,
+        config: Global___DetectStreamConfig | None = ...,
+        frame: Global___StreamFrame | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "frame", b"frame", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "frame", b"frame", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["config", "frame"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___DetectStreamRequest: _TypeAlias = DetectStreamRequest  # noqa: Y015
+
+@_typing.final
+class DetectStreamConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXTS_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    FPS_FIELD_NUMBER: _builtins.int
+    fps: _builtins.float
+    """media frames per second when frames carry no time (0: 25)"""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def options(self) -> Global___DetectOptions: ...
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.EventRule]:
+        """events per text; none: segment results only"""
+
+    def __init__(
+        self,
+        *,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        options: Global___DetectOptions | None = ...,
+        rules: _abc.Iterable[_events_pb2.EventRule] | None = ...,
+        fps: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fps", b"fps", "options", b"options", "rules", b"rules", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetectStreamConfig: _TypeAlias = DetectStreamConfig  # noqa: Y015
+
+@_typing.final
+class StreamFrame(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    MEDIA_SECONDS_FIELD_NUMBER: _builtins.int
+    media_seconds: _builtins.float
+    """Media time of the frame in seconds; unset: the previous frame's plus 1 / fps."""
+    @_builtins.property
+    def image(self) -> _common_pb2.Image: ...
+    def __init__(
+        self,
+        *,
+        image: _common_pb2.Image | None = ...,
+        media_seconds: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_media_seconds", b"_media_seconds", "image", b"image", "media_seconds", b"media_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_media_seconds", b"_media_seconds", "image", b"image", "media_seconds", b"media_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__media_seconds: _TypeAlias = _typing.Literal["media_seconds"]  # noqa: Y015
+    _WhichOneofArgType__media_seconds: _TypeAlias = _typing.Literal["_media_seconds", b"_media_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__media_seconds) -> _WhichOneofReturnType__media_seconds | None: ...
+
+Global___StreamFrame: _TypeAlias = StreamFrame  # noqa: Y015

@@ -39,6 +39,11 @@ class OrchestratorStub:
                 request_serializer=anyanomaly_dot_v1_dot_orchestrator__pb2.DetectRequest.SerializeToString,
                 response_deserializer=anyanomaly_dot_v1_dot_orchestrator__pb2.DetectUpdate.FromString,
                 _registered_method=True)
+        self.DetectStream = channel.stream_stream(
+                '/anyanomaly.v1.Orchestrator/DetectStream',
+                request_serializer=anyanomaly_dot_v1_dot_orchestrator__pb2.DetectStreamRequest.SerializeToString,
+                response_deserializer=anyanomaly_dot_v1_dot_orchestrator__pb2.DetectUpdate.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServicer:
@@ -52,12 +57,27 @@ class OrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DetectStream(self, request_iterator, context):
+        """Scores frames the client pushes: a first message with the configuration, then frames
+        (encoded images with their media time). Segment results and events come back as they
+        happen; gRPC flow control is the backpressure (the server holds at most a few segments).
+        Ends with a summary once the client half-closes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Detect': grpc.unary_stream_rpc_method_handler(
                     servicer.Detect,
                     request_deserializer=anyanomaly_dot_v1_dot_orchestrator__pb2.DetectRequest.FromString,
+                    response_serializer=anyanomaly_dot_v1_dot_orchestrator__pb2.DetectUpdate.SerializeToString,
+            ),
+            'DetectStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DetectStream,
+                    request_deserializer=anyanomaly_dot_v1_dot_orchestrator__pb2.DetectStreamRequest.FromString,
                     response_serializer=anyanomaly_dot_v1_dot_orchestrator__pb2.DetectUpdate.SerializeToString,
             ),
     }
@@ -87,6 +107,33 @@ class Orchestrator:
             target,
             '/anyanomaly.v1.Orchestrator/Detect',
             anyanomaly_dot_v1_dot_orchestrator__pb2.DetectRequest.SerializeToString,
+            anyanomaly_dot_v1_dot_orchestrator__pb2.DetectUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetectStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/anyanomaly.v1.Orchestrator/DetectStream',
+            anyanomaly_dot_v1_dot_orchestrator__pb2.DetectStreamRequest.SerializeToString,
             anyanomaly_dot_v1_dot_orchestrator__pb2.DetectUpdate.FromString,
             options,
             channel_credentials,

@@ -37,6 +37,12 @@ class OrchestratorStub:
     """Scores a video source for the given texts: a stream of updates, one per
     segment in order, then a summary with the per-frame scores.
     """
+    DetectStream: _grpc.StreamStreamMultiCallable[_orchestrator_pb2.DetectStreamRequest, _orchestrator_pb2.DetectUpdate]
+    """Scores frames the client pushes: a first message with the configuration, then frames
+    (encoded images with their media time). Segment results and events come back as they
+    happen; gRPC flow control is the backpressure (the server holds at most a few segments).
+    Ends with a summary once the client half-closes.
+    """
 
 @_typing.type_check_only
 class OrchestratorAsyncStub(OrchestratorStub):
@@ -44,6 +50,12 @@ class OrchestratorAsyncStub(OrchestratorStub):
     Detect: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.DetectRequest, _orchestrator_pb2.DetectUpdate]  # type: ignore[assignment]
     """Scores a video source for the given texts: a stream of updates, one per
     segment in order, then a summary with the per-frame scores.
+    """
+    DetectStream: _aio.StreamStreamMultiCallable[_orchestrator_pb2.DetectStreamRequest, _orchestrator_pb2.DetectUpdate]  # type: ignore[assignment]
+    """Scores frames the client pushes: a first message with the configuration, then frames
+    (encoded images with their media time). Segment results and events come back as they
+    happen; gRPC flow control is the backpressure (the server holds at most a few segments).
+    Ends with a summary once the client half-closes.
     """
 
 class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
@@ -55,6 +67,18 @@ class OrchestratorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.DetectUpdate], _abc.AsyncIterator[_orchestrator_pb2.DetectUpdate]]:
         """Scores a video source for the given texts: a stream of updates, one per
         segment in order, then a summary with the per-frame scores.
+        """
+
+    @_abc_1.abstractmethod
+    def DetectStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_orchestrator_pb2.DetectStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.DetectUpdate], _abc.AsyncIterator[_orchestrator_pb2.DetectUpdate]]:
+        """Scores frames the client pushes: a first message with the configuration, then frames
+        (encoded images with their media time). Segment results and events come back as they
+        happen; gRPC flow control is the backpressure (the server holds at most a few segments).
+        Ends with a summary once the client half-closes.
         """
 
 def add_OrchestratorServicer_to_server(servicer: OrchestratorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
