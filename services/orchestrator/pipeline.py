@@ -23,6 +23,7 @@ from services.orchestrator.fusion import (
     max_then_fuse,
     smooth,
 )
+from services.orchestrator.live.smoothing import CausalSmoother
 from services.orchestrator.service_clients import KeyFrameChoice, ServiceClients, StreamScore
 from services.orchestrator.sources import DEFAULT_FPS, AsyncFrameSource, Frame
 
@@ -65,6 +66,13 @@ class TextResult:
     position: StreamScore
     temporal: StreamScore
     fused: float
+    causal: float = 0.0  # `fused` smoothed causally (see live/smoothing.py)
+
+    def reason(self) -> str:
+        """The reason of the stream with the highest score (the key frame's on ties)."""
+        streams = (self.frame, self.position, self.temporal)
+        best = max(streams, key=lambda s: s.score)
+        return best.reason or next((s.reason for s in streams if s.reason), "")
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class SegmentOutcome:
     start_seconds: float = 0.0  # media time of the first frame
     end_seconds: float = 0.0  # media time just after the last frame
     wall_ms: int = 0  # live sources: when the last frame was read
+    causal_score: float = 0.0  # `score` smoothed causally
     gated: bool = False  # skipped by the CLIP gate
     best_similarity: float = 0.0
 
@@ -137,6 +146,19 @@ class _Segment:
     @property
     def images(self) -> list[bytes]:
         return [frame.data for frame in self.frames]
+
+
+class _CausalScores:
+    """Each text's fused score and the segment score, smoothed causally in segment order."""
+
+    def __init__(self, texts: Sequence[str], sigma: float) -> None:
+        self._texts = {text: CausalSmoother(sigma) for text in texts}
+        self._segment = CausalSmoother(sigma)
+
+    def add(self, outcome: SegmentOutcome) -> SegmentOutcome:
+        frames = outcome.end - outcome.start
+        results = [replace(r, causal=self._texts[r.text].update(r.fused, frames)) for r in outcome.results]
+        return replace(outcome, results=results, causal_score=self._segment.update(outcome.score, frames))
 
 
 class Detector:
@@ -237,6 +259,7 @@ class Detector:
         yield Started(texts, source.info.fps, source.info.num_frames, params.segment_length)
         pending: deque[asyncio.Task[SegmentOutcome]] = deque()
         outcomes: list[SegmentOutcome] = []
+        causal = _CausalScores(texts, params.sigma)
         frames_read = 0
         tail_extension: tuple[int, int] | None = None  # frames too few to score, given the last score
         try:
@@ -258,12 +281,12 @@ class Detector:
                 segment = _Segment(start // params.segment_length, start, frames, source.info.fps)
                 pending.append(asyncio.create_task(self._process(segment, texts, params, timings)))
                 while len(pending) >= params.max_in_flight:
-                    outcomes.append(await pending.popleft())
+                    outcomes.append(causal.add(await pending.popleft()))
                     yield outcomes[-1]
                 if is_tail:
                     break
             while pending:
-                outcomes.append(await pending.popleft())
+                outcomes.append(causal.add(await pending.popleft()))
                 yield outcomes[-1]
         finally:
             for task in pending:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -15,6 +16,8 @@ from services.common.validation import validate_texts
 from services.orchestrator import options as detect_options
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.fusion import split_texts
+from services.orchestrator.live.events import EventEngine, rules_from_proto
+from services.orchestrator.live.events import to_proto as event_proto
 from services.orchestrator.pipeline import Detector, DetectParams, SegmentOutcome, Started, Summary, Update
 from services.orchestrator.service_clients import ServiceClients, StreamScore
 from services.orchestrator.sources import FrameEncoding, PushedSource, open_threaded
@@ -36,11 +39,11 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
             index=update.index, start_frame=update.start, end_frame=update.end, max_fused=update.max_fused,
             max_then_fuse=update.max_then_fuse, score=update.score, gated=update.gated,
             best_similarity=update.best_similarity, lvlm_usage=update.usage, start_seconds=update.start_seconds,
-            end_seconds=update.end_seconds, wall_time_ms=update.wall_ms,
+            end_seconds=update.end_seconds, wall_time_ms=update.wall_ms, causal_score=update.causal_score,
             scores=[
                 orchestrator_pb2.TextSegmentScore(
                     text=r.text, frame=_stream(r.frame), position=_stream(r.position), temporal=_stream(r.temporal),
-                    fused=r.fused, key_frames=list(r.key_frames), representative=r.representative,
+                    fused=r.fused, key_frames=list(r.key_frames), representative=r.representative, causal=r.causal,
                 )
                 for r in update.results
             ],
@@ -106,9 +109,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             raise InvalidInput(f"fps must be 0 (25) to {MAX_STREAM_FPS:g}, got {echo(config.fps, 20)}")
         texts = self._texts(config.texts, config.options)
         params = self._params(config.options)
+        events = EventEngine(rules_from_proto(config.rules, texts))
+        cursor = itertools.count(1)
         source = PushedSource(requests, config.fps, self._settings.max_image_pixels)
         async for update in self._detector.detect(source, texts, params):
+            changes = events.finish() if isinstance(update, Summary) else []
+            for change in changes:  # events still open close before the summary
+                yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
             yield to_proto(update)
+            for change in events.observe(update) if isinstance(update, SegmentOutcome) else []:
+                yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
 
 
 def build_service(settings: OrchestratorSettings) -> ServiceSpec:

@@ -297,7 +297,7 @@ class PushedSource:
         self._messages = messages
         self._fps = fps or DEFAULT_FPS
         self._max_pixels = max_pixels
-        self._next_seconds = 0.0
+        self._anchor = (0.0, 0)  # (media time, frame number) of the last frame that carried its time
         self._count = 0
         self.info = SourceInfo("pushed", "DetectStream", fps, 0)
 
@@ -313,8 +313,12 @@ class PushedSource:
                 decode_image(data, what)  # raises with what is wrong
             elif self._max_pixels and size[0] * size[1] > self._max_pixels:
                 decode_image(data, what, self._max_pixels)
-            seconds = message.frame.media_seconds if message.frame.HasField("media_seconds") else self._next_seconds
-            self._next_seconds = seconds + 1 / self._fps
+            if message.frame.HasField("media_seconds"):  # later frames without a time count on from here
+                if not 0 <= message.frame.media_seconds < 1e12:
+                    raise InvalidInput(f"{what}: media_seconds must be a time in seconds, 0 or more, got "
+                                       f"{echo(message.frame.media_seconds, 20)}")
+                self._anchor = (message.frame.media_seconds, self._count)
+            seconds = self._anchor[0] + (self._count - self._anchor[1]) / self._fps
             self._count += 1
             frames.append(Frame(data, seconds, int(time.time() * 1000)))
             if len(frames) == count:

@@ -23,8 +23,9 @@ def segments_of(results: Sequence[orchestrator_pb2.SegmentResult]) -> list[dict[
     return [{
         "start_frame": s.start_frame, "end_frame": s.end_frame, "score": s.score, "max_fused": s.max_fused,
         "max_then_fuse": s.max_then_fuse, "gated": s.gated, "best_similarity": s.best_similarity,
+        "start_seconds": s.start_seconds, "end_seconds": s.end_seconds, "causal_score": s.causal_score,
         "scores": {t.text: {"frame": t.frame.score, "position": t.position.score, "temporal": t.temporal.score,
-                            "fused": t.fused, "reason": t.frame.reason} for t in s.scores},
+                            "fused": t.fused, "causal": t.causal, "reason": t.frame.reason} for t in s.scores},
     } for s in results]
 
 
@@ -85,3 +86,20 @@ def answered(segments: Sequence[dict[str, Any]]) -> Counter[tuple[str, str, floa
 
 def distinct(values: Sequence[float]) -> int:
     return len({round(v, 6) for v in values})
+
+
+def causal_by_text(segments: Sequence[dict[str, Any]], sigma: float) -> dict[str, np.ndarray]:
+    """Each text's fused score smoothed causally, at each segment's last frame: an exponential
+    moving average over the frames with time constant sigma (written out here, frame by frame)."""
+    keep = float(np.exp(-1.0 / sigma)) if sigma > 0 else 0.0
+    out: dict[str, np.ndarray] = {}
+    for text in segments[0]["scores"]:
+        state = float(segments[0]["scores"][text]["fused"])
+        values = []
+        for segment in segments:
+            fused = segment["scores"][text]["fused"]
+            for _ in range(segment["end_frame"] - segment["start_frame"]):
+                state = keep * state + (1 - keep) * fused
+            values.append(state)
+        out[text] = np.array(values)
+    return out

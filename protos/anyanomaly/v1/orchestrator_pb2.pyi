@@ -356,11 +356,16 @@ class TextSegmentScore(_message.Message):
     FUSED_FIELD_NUMBER: _builtins.int
     KEY_FRAMES_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_FIELD_NUMBER: _builtins.int
+    CAUSAL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     fused: _builtins.float
     """g1*frame + g2*position + g3*temporal"""
     representative: _builtins.int
     """frame index within the video"""
+    causal: _builtins.float
+    """The fused score smoothed causally (no look-ahead; time constant = sigma frames, which is its
+    mean delay): what live event rules compare with their thresholds.
+    """
     @_builtins.property
     def frame(self) -> Global___StreamScore: ...
     @_builtins.property
@@ -381,10 +386,11 @@ class TextSegmentScore(_message.Message):
         fused: _builtins.float = ...,
         key_frames: _abc.Iterable[_builtins.int] | None = ...,
         representative: _builtins.int = ...,
+        causal: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "position", b"position", "temporal", b"temporal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "fused", b"fused", "key_frames", b"key_frames", "position", b"position", "representative", b"representative", "temporal", b"temporal", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal", b"causal", "frame", b"frame", "fused", b"fused", "key_frames", b"key_frames", "position", b"position", "representative", b"representative", "temporal", b"temporal", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -407,6 +413,7 @@ class SegmentResult(_message.Message):
     START_SECONDS_FIELD_NUMBER: _builtins.int
     END_SECONDS_FIELD_NUMBER: _builtins.int
     WALL_TIME_MS_FIELD_NUMBER: _builtins.int
+    CAUSAL_SCORE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     start_frame: _builtins.int
     """inclusive"""
@@ -428,6 +435,8 @@ class SegmentResult(_message.Message):
     """media time just after the last frame"""
     wall_time_ms: _builtins.int
     """Live sources: when the last frame was read (Unix milliseconds); 0 for files."""
+    causal_score: _builtins.float
+    """`score` smoothed causally, like TextSegmentScore.causal"""
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextSegmentScore]: ...
     @_builtins.property
@@ -450,10 +459,11 @@ class SegmentResult(_message.Message):
         start_seconds: _builtins.float = ...,
         end_seconds: _builtins.float = ...,
         wall_time_ms: _builtins.int = ...,
+        causal_score: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lvlm_usage", b"lvlm_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_similarity", b"best_similarity", "end_frame", b"end_frame", "end_seconds", b"end_seconds", "gated", b"gated", "index", b"index", "lvlm_usage", b"lvlm_usage", "max_fused", b"max_fused", "max_then_fuse", b"max_then_fuse", "score", b"score", "scores", b"scores", "start_frame", b"start_frame", "start_seconds", b"start_seconds", "wall_time_ms", b"wall_time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_similarity", b"best_similarity", "causal_score", b"causal_score", "end_frame", b"end_frame", "end_seconds", b"end_seconds", "gated", b"gated", "index", b"index", "lvlm_usage", b"lvlm_usage", "max_fused", b"max_fused", "max_then_fuse", b"max_then_fuse", "score", b"score", "scores", b"scores", "start_frame", b"start_frame", "start_seconds", b"start_seconds", "wall_time_ms", b"wall_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
