@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test test-fast lint check protos bench detect serve clean
+.PHONY: system-packages venv test test-fast lint check protos bench detect serve clean
 
 # make detect VIDEO=path/to/video.mp4 TEXT=running [MODELS=tiny] [OUTPUT=file.json] [ARGS="..."]
 VIDEO ?=
@@ -21,14 +21,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# PostgreSQL, Mosquitto and GStreamer's RTSP server, which the tests start (Debian packages).
+system-packages:
+	bash scripts/system_packages.sh
+
 # Two runs with their own per-test budgets: the unit and integration tests (300 s each, from
 # pyproject.toml), then the slow end-to-end tests that run the `anyanomaly` command (1200 s each;
 # the longest waits on its own subprocesses for at most 600 s).
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(PY) -m pytest -m "not slow"
 	$(PY) -m pytest -m slow --timeout 1200
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-packages
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from services.common.images import encode_png
 from services.common.server import RunningServer
 from tests.helpers.fake_openai_server import FakeOpenAIServer
 from tests.helpers.fixtures import avenue_clip, read_video_frames
+from tests.helpers.postgres import fresh_database, postgres_server
 from tests.helpers.scripted_lvlm import ScriptedLVLM
 from tests.helpers.stack import Stack, lvlm_settings, start_clip, start_context, start_stack
 
@@ -78,3 +81,19 @@ async def scripted() -> AsyncIterator[Scripted]:
                                                 retry_backoff_seconds=0.01))
         yield Scripted(stack, answers, server)
         await stack.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server for this test session (the machine's packages); its URL."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
+    """(data dir, database URL) for a fresh store on each backend ("" URL: SQLite in the data dir)."""
+    if request.param == "sqlite":
+        return tmp_path, ""
+    url = request.getfixturevalue("postgres")
+    return tmp_path, fresh_database(url, f"t{uuid.uuid4().hex[:12]}")

@@ -42,6 +42,7 @@ class DetectParams:
     strategy: common_pb2.KeyFrameStrategy.ValueType = common_pb2.KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING
     max_in_flight: int = 2
     max_frames: int = 1_000_000  # refuse sources longer than this
+    keep_images: bool = False  # results carry each text's three LVLM images (evidence of events)
     multi_text: bool = False  # one joint key-frame choice and three LVLM calls per segment
     reason_threshold: float | None = None  # fast mode: reasons for texts whose fused score reaches this
     gate_threshold: float | None = None  # skip the LVLM when the best CLIP similarity is below this
@@ -58,6 +59,15 @@ class Started:
 
 
 @dataclass(frozen=True)
+class EvidenceImages:
+    """What the LVLM saw for a text: the key frame, the position and the temporal context."""
+
+    key_frame: bytes
+    position: bytes
+    temporal: bytes
+
+
+@dataclass(frozen=True)
 class TextResult:
     text: str
     representative: int  # frame index in the video
@@ -67,6 +77,8 @@ class TextResult:
     temporal: StreamScore
     fused: float
     causal: float = 0.0  # `fused` smoothed causally (see live/smoothing.py)
+    images: EvidenceImages | None = None  # with DetectParams.keep_images
+
 
     def reason(self) -> str:
         """The reason of the stream with the highest score (the key frame's on ties)."""
@@ -148,6 +160,12 @@ class _Segment:
         return [frame.data for frame in self.frames]
 
 
+def without_images(outcome: SegmentOutcome) -> SegmentOutcome:
+    if all(r.images is None for r in outcome.results):
+        return outcome
+    return replace(outcome, results=[replace(r, images=None) for r in outcome.results])
+
+
 class _CausalScores:
     """Each text's fused score and the segment score, smoothed causally in segment order."""
 
@@ -195,17 +213,19 @@ class Detector:
         timings.contexts += scored_at - built_at
         streams, usage = await self._clients.score(segment.images, choices, contexts, params.score_options)
         timings.scoring += time.perf_counter() - scored_at
-        choice_of = {t: c for c in choices for t in c.texts}
+        choice_of = {t: (c, context) for c, context in zip(choices, contexts, strict=True) for t in c.texts}
         results = []
         for text in texts:
-            scores, choice = streams[text], choice_of[text]
+            scores, (choice, context) = streams[text], choice_of[text]
+            images = EvidenceImages(segment.images[choice.representative], context.position, context.temporal
+                                    ) if params.keep_images else None
             frame, position, temporal = (scores.get(s, MISSING) for s in ("frame", "position", "temporal"))
             results.append(TextResult(
                 text=text,
                 representative=segment.start + choice.representative,
                 key_frames=tuple(segment.start + k for k in choice.key_frames),
                 frame=frame, position=position, temporal=temporal,
-                fused=fuse(frame.score, position.score, temporal.score, params.weights),
+                fused=fuse(frame.score, position.score, temporal.score, params.weights), images=images,
             ))
         if params.score_options.mode == lvlm_pb2.SCORE_MODE_FAST and params.reason_threshold is not None:
             results, usage = await self._add_reasons(segment, results, usage, params)
@@ -252,7 +272,13 @@ class Detector:
             wall_ms=last.wall_ms, gated=gated, best_similarity=best_similarity,
         )
 
-    async def detect(self, source: AsyncFrameSource, texts: list[str], params: DetectParams) -> AsyncIterator[Update]:
+    async def detect(self, source: AsyncFrameSource, texts: list[str], params: DetectParams,
+                     done: Sequence[SegmentOutcome] = (), live: bool = False) -> AsyncIterator[Update]:
+        """Started, each segment's outcome in order, then the summary.
+
+        `done`: the first segments' outcomes, stored by an earlier run of the same request: their
+        frames are read past, not scored again, and they count in the summary (a resumed job).
+        `live`: an endless source; outcomes are not kept for a summary of the whole video."""
         clock = time.perf_counter()
         timings = Timings()
         clip_info, lvlm_info = await self._clients.model_infos()
@@ -260,8 +286,17 @@ class Detector:
         pending: deque[asyncio.Task[SegmentOutcome]] = deque()
         outcomes: list[SegmentOutcome] = []
         causal = _CausalScores(texts, params.sigma)
-        frames_read = 0
+        frames_read = await self._read_past(source, done, params.segment_length)
+        for outcome in done:
+            outcomes.append(causal.add(outcome))
         tail_extension: tuple[int, int] | None = None  # frames too few to score, given the last score
+
+        def finished(outcome: SegmentOutcome) -> SegmentOutcome:
+            outcome = causal.add(outcome)
+            if not live:
+                outcomes.append(without_images(outcome))
+            return outcome
+
         try:
             while True:
                 decode_started = time.perf_counter()
@@ -270,7 +305,7 @@ class Detector:
                 if not frames:
                     break
                 start, frames_read = frames_read, frames_read + len(frames)
-                if frames_read > params.max_frames:
+                if frames_read > params.max_frames and not live:
                     raise InvalidInput(f"the source has more than {params.max_frames} frames; cut the video or "
                                        "raise the orchestrator's --max-frames")
                 is_tail = len(frames) < params.segment_length
@@ -281,21 +316,33 @@ class Detector:
                 segment = _Segment(start // params.segment_length, start, frames, source.info.fps)
                 pending.append(asyncio.create_task(self._process(segment, texts, params, timings)))
                 while len(pending) >= params.max_in_flight:
-                    outcomes.append(causal.add(await pending.popleft()))
-                    yield outcomes[-1]
+                    yield finished(await pending.popleft())
                 if is_tail:
                     break
             while pending:
-                outcomes.append(causal.add(await pending.popleft()))
-                yield outcomes[-1]
+                yield finished(await pending.popleft())
         finally:
             for task in pending:
                 task.cancel()
-        if params.tail_policy == "score" and not outcomes and frames_read:
+        if params.tail_policy == "score" and not outcomes and frames_read and not live:
             raise InvalidInput(f"the video has {frames_read} frames; at least {MIN_SEGMENT_FRAMES} are needed to "
                                "score it")
         timings.total = time.perf_counter() - clock
         yield self._summary(source, outcomes, frames_read, tail_extension, params, timings, clip_info, lvlm_info)
+
+    @staticmethod
+    async def _read_past(source: AsyncFrameSource, done: Sequence[SegmentOutcome], segment_length: int) -> int:
+        """Read the frames of the segments already scored; how many."""
+        frames_read = 0
+        for outcome in done:
+            if outcome.start != frames_read or outcome.index * segment_length != outcome.start:
+                raise ValueError(f"stored segment {outcome.index} does not follow the one before it")
+            frames = await source.read(outcome.end - outcome.start)
+            frames_read += len(frames)
+            if frames_read != outcome.end:
+                raise InvalidInput(f"the source has changed since this job started: segment {outcome.index} "
+                                   f"ended at frame {outcome.end}, the source now ends at frame {frames_read}")
+        return frames_read
 
     @staticmethod
     def _summary(
