@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,30 @@ class Scripted:
         return self.stack.orchestrator.address
 
 
-@pytest_asyncio.fixture
-async def scripted() -> AsyncIterator[Scripted]:
+@asynccontextmanager
+async def scripted_stack(**orchestrator: object) -> AsyncIterator[Scripted]:
     answers = ScriptedLVLM()
     with FakeOpenAIServer(answer=answers) as server:
         stack = await start_stack(lvlm_settings(backend="openai", openai_url=server.url, openai_model=server.model,
-                                                retry_backoff_seconds=0.01))
-        yield Scripted(stack, answers, server)
-        await stack.shutdown()
+                                                retry_backoff_seconds=0.01), **orchestrator)
+        try:
+            yield Scripted(stack, answers, server)
+        finally:
+            await stack.shutdown()
+
+
+@pytest_asyncio.fixture
+async def scripted() -> AsyncIterator[Scripted]:
+    async with scripted_stack() as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def scripted_live(tmp_path: Path) -> AsyncIterator[Scripted]:
+    """`scripted` with a data dir: Jobs, Monitors and Events on SQLite in tmp_path/data."""
+    async with scripted_stack(data_dir=str(tmp_path / "data"), event_poll_seconds=0.2, reconnect_min_seconds=0.05,
+                              reconnect_max_seconds=0.5, webhook_backoff_seconds=0.01) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,20 @@ class DependencyFailed(ServiceError):
     code = grpc.StatusCode.INTERNAL
 
 
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(ServiceError):
+    """The request is fine, but the system is not in a state to do it (the message says which)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Cancelled(ServiceError):
+    code = grpc.StatusCode.CANCELLED
+
+
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

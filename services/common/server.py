@@ -104,6 +104,11 @@ def server_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SEC
         # Whatever this server's own interval, it accepts any client that pings at the floor.
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(MIN_KEEPALIVE_SECONDS * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
+        # Measured (grpcio 1.85): a stream that waits quietly (WatchEvents, WatchJob, a held LVLM
+        # call) is ended with GOAWAY "too_many_pings" after three client keepalive pings, even
+        # when they are further apart than the interval above. No strike limit then: pings are
+        # cheap, and a quiet stream is the normal case for event subscribers.
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 

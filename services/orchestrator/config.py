@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.config import ServerSettings, load_settings, setting
+from services.common.config import ServerSettings, load_settings, secret, setting
 
 ENV_PREFIX = "ANYANOMALY_ORCHESTRATOR"
 DEFAULT_PORT = 50050
@@ -28,6 +28,26 @@ class OrchestratorSettings(ServerSettings):
     max_image_pixels: int = setting(3840 * 2160, "largest frame accepted, in pixels")
     stream_timeout_seconds: float = setting(10.0, "a stream URI that does not connect, or sends no frame, within this "
                                             "long fails the detection")
+    # Live operation: jobs, monitors and events (off without a data dir).
+    data_dir: str = setting("", "folder for jobs, monitors, events and evidence (SQLite database and files); empty: "
+                            "the Jobs, Monitors and Events services answer FAILED_PRECONDITION")
+    database_url: str = secret("PostgreSQL URL (postgresql://user:password@host/db) to keep records in instead of "
+                               "SQLite, shared by orchestrator replicas; evidence files stay in --data-dir")
+    max_running_jobs: int = setting(2, "jobs scored at once; later ones wait, queued", minimum=1)
+    evidence_budget_mb: int = setting(1024, "evidence kept per monitor or job (oldest removed first), in MiB",
+                                      minimum=1)
+    evidence_days: float = setting(30.0, "evidence older than this many days is removed", minimum=0.001)
+    event_poll_seconds: float = setting(1.0, "how often watchers look for records other replicas stored",
+                                        minimum=0.05)
+    reconnect_min_seconds: float = setting(1.0, "first wait before reconnecting a broken source (doubles, with "
+                                           "jitter)", minimum=0.01)
+    reconnect_max_seconds: float = setting(60.0, "longest wait between reconnects", minimum=0.01)
+    max_lag_segments: int = setting(2, "live segments read but not yet scored before the oldest is dropped",
+                                    minimum=1)
+    webhook_attempts: int = setting(8, "deliveries tried per event and webhook before it goes to the dead letters",
+                                    minimum=1)
+    webhook_backoff_seconds: float = setting(1.0, "first wait between webhook attempts (doubles)", minimum=0.0)
+    webhook_timeout_seconds: float = setting(10.0, "one webhook request's time limit", minimum=0.1)
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OrchestratorSettings:

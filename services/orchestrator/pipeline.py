@@ -160,6 +160,12 @@ class _Segment:
         return [frame.data for frame in self.frames]
 
 
+def as_reported(score: float) -> float:
+    """`score` as the contract carries it (float32). Scores are rounded once, where they are made,
+    so what a caller sees, what the summary smooths and what a resumed job reads back agree."""
+    return float(np.float32(score))
+
+
 def without_images(outcome: SegmentOutcome) -> SegmentOutcome:
     if all(r.images is None for r in outcome.results):
         return outcome
@@ -225,7 +231,7 @@ class Detector:
                 representative=segment.start + choice.representative,
                 key_frames=tuple(segment.start + k for k in choice.key_frames),
                 frame=frame, position=position, temporal=temporal,
-                fused=fuse(frame.score, position.score, temporal.score, params.weights), images=images,
+                fused=as_reported(fuse(frame.score, position.score, temporal.score, params.weights)), images=images,
             ))
         if params.score_options.mode == lvlm_pb2.SCORE_MODE_FAST and params.reason_threshold is not None:
             results, usage = await self._add_reasons(segment, results, usage, params)
@@ -261,9 +267,9 @@ class Detector:
     @staticmethod
     def _outcome(segment: _Segment, results: list[TextResult], usage: lvlm_pb2.Usage, params: DetectParams,
                  best_similarity: float, gated: bool = False) -> SegmentOutcome:
-        best_text = max_over_texts([r.fused for r in results])
-        best_streams = max_then_fuse([(r.frame.score, r.position.score, r.temporal.score) for r in results],
-                                     params.weights)
+        best_text = as_reported(max_over_texts([r.fused for r in results]))
+        best_streams = as_reported(max_then_fuse([(r.frame.score, r.position.score, r.temporal.score)
+                                                  for r in results], params.weights))
         first, last = segment.frames[0], segment.frames[-1]
         return SegmentOutcome(
             segment.index, segment.start, segment.start + len(segment.frames), results, best_text, best_streams,

@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+import grpc
+from anyanomaly.v1 import (
+    events_pb2,
+    events_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    monitors_pb2,
+    monitors_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+)
 
 from services.common.errors import InvalidInput, echo
 from services.common.server import RpcContext, ServiceSpec
-from services.common.validation import validate_texts
-from services.orchestrator import options as detect_options
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.fusion import split_texts
+from services.orchestrator.live.access import Live, LiveAccess
 from services.orchestrator.live.events import EventEngine, rules_from_proto
 from services.orchestrator.live.events import to_proto as event_proto
+from services.orchestrator.live.events_service import EventsServicer
+from services.orchestrator.live.jobs import JobRunner, JobsServicer
+from services.orchestrator.live.monitors import MonitorRunners, MonitorsServicer
+from services.orchestrator.live.notify import Changes
 from services.orchestrator.messages import to_proto
-from services.orchestrator.pipeline import Detector, DetectParams, SegmentOutcome, Summary
+from services.orchestrator.pipeline import Detector, SegmentOutcome, Summary
+from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, media_roots
 from services.orchestrator.service_clients import ServiceClients
-from services.orchestrator.sources import FrameEncoding, PushedSource, open_threaded
+from services.orchestrator.sources import PushedSource, open_threaded
+from services.orchestrator.store.store import Store
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+SERVICE_NAMES = [SERVICE_NAME, jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
+                 monitors_pb2.DESCRIPTOR.services_by_name["Monitors"].full_name,
+                 events_pb2.DESCRIPTOR.services_by_name["Events"].full_name]
 MAX_STREAM_FPS = 240.0
 
 
@@ -31,28 +49,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self._settings = settings
         self._detector = detector
 
-    def _texts(self, requested: Sequence[str], options: orchestrator_pb2.DetectOptions) -> list[str]:
-        validate_texts(list(requested))
-        texts = split_texts(requested, split_hyphens=not options.keep_hyphenated_texts)
-        validate_texts(texts)
-        if len(texts) > self._settings.max_texts:
-            raise InvalidInput(f"{len(texts)} texts after splitting; the limit is {self._settings.max_texts}")
-        return texts
-
-    def _params(self, options: orchestrator_pb2.DetectOptions) -> DetectParams:
-        return replace(detect_options.resolve(options, self._settings.max_segments_in_flight, self._settings.profile),
-                       max_frames=self._settings.max_frames)
-
     async def Detect(
         self, request: orchestrator_pb2.DetectRequest, context: RpcContext
     ) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
-        texts = self._texts(request.texts, request.options)
-        params = self._params(request.options)
-        encoding = FrameEncoding(self._settings.frame_format, self._settings.jpeg_quality,
-                                 self._settings.max_image_pixels)
-        roots = [r for r in self._settings.media_roots.split(",") if r.strip()]
-        source = await open_threaded(request.source.path, request.source.frame_folder, request.source.uri, encoding,
-                                     roots, self._settings.stream_timeout_seconds)
+        texts = checked_texts(request.texts, request.options, self._settings.max_texts)
+        params = detect_params(request.options, self._settings)
+        source = await open_threaded(request.source.path, request.source.frame_folder, request.source.uri,
+                                     frame_encoding(self._settings), media_roots(self._settings),
+                                     self._settings.stream_timeout_seconds)
         try:
             async for update in self._detector.detect(source, texts, params):
                 yield to_proto(update)
@@ -68,8 +72,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         config = first.config
         if not (math.isfinite(config.fps) and 0 <= config.fps <= MAX_STREAM_FPS):
             raise InvalidInput(f"fps must be 0 (25) to {MAX_STREAM_FPS:g}, got {echo(config.fps, 20)}")
-        texts = self._texts(config.texts, config.options)
-        params = self._params(config.options)
+        texts = checked_texts(config.texts, config.options, self._settings.max_texts)
+        params = detect_params(config.options, self._settings)
         events = EventEngine(rules_from_proto(config.rules, texts))
         cursor = itertools.count(1)
         source = PushedSource(requests, config.fps, self._settings.max_image_pixels)
@@ -82,19 +86,45 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                 yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
 
 
+async def start_live(settings: OrchestratorSettings, detector: Detector) -> Live:
+    """Open the store, then resume the jobs and monitors it holds."""
+    store = await asyncio.to_thread(Store.open, Path(settings.data_dir).expanduser(), settings.database_url)
+    changes = Changes(settings.event_poll_seconds)
+    live = Live(store, changes, JobRunner(store, detector, settings, changes),
+                MonitorRunners(store, detector, settings, changes))
+    await live.jobs.resume()
+    await live.monitors.resume()
+    return live
+
+
+async def stop_live(live: Live) -> None:
+    await live.monitors.close()
+    await live.jobs.close()
+    await asyncio.to_thread(live.store.close)
+
+
 def build_service(settings: OrchestratorSettings) -> ServiceSpec:
     detector = Detector()
+    access = LiveAccess("this orchestrator keeps no jobs, monitors or events: start it with --data-dir"
+                        if not settings.data_dir else "the orchestrator is starting; retry shortly")
 
-    async def connect() -> None:  # channels belong to the running event loop
+    async def start() -> None:  # channels belong to the running event loop
         detector.attach(ServiceClients(settings.clip_address, settings.context_address, settings.lvlm_address,
                                        settings.rpc_timeout_seconds, settings.max_message_mb,
                                        settings.keepalive_seconds))
+        if settings.data_dir:
+            access.live = await start_live(settings, detector)
 
-    return ServiceSpec(
-        name="orchestrator",
-        service_names=[SERVICE_NAME],
-        register=lambda server: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(
-            OrchestratorServicer(settings, detector), server),
-        start=connect,
-        stop=detector.close,
-    )
+    async def stop() -> None:
+        if access.live is not None:
+            live, access.live = access.live, None
+            await stop_live(live)
+        await detector.close()
+
+    def register(server: grpc.aio.Server) -> None:
+        orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(settings, detector), server)
+        jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(access), server)
+        monitors_pb2_grpc.add_MonitorsServicer_to_server(MonitorsServicer(access), server)
+        events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(access), server)
+
+    return ServiceSpec(name="orchestrator", service_names=SERVICE_NAMES, register=register, start=start, stop=stop)

@@ -69,6 +69,12 @@ class ScriptedLVLM:
         self._lock = threading.Lock()
         self._calls = 0
 
+    @property
+    def calls(self) -> int:
+        """Requests answered or waiting so far."""
+        with self._lock:
+            return self._calls
+
     def release(self) -> None:
         self._released.set()
 

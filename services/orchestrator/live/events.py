@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from anyanomaly.v1 import events_pb2
 
@@ -34,9 +34,17 @@ def rules_from_proto(rules: Sequence[events_pb2.EventRule], texts: Sequence[str]
 class EventEngine:
     """One tracker per text with a rule, fed each segment's causal scores in order."""
 
-    def __init__(self, rules: dict[str, Rule]) -> None:
-        self._trackers = {text: EventTracker(text, rule, lambda: uuid.uuid4().hex) for text, rule in rules.items()}
+    def __init__(self, rules: dict[str, Rule], new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+        self._trackers = {text: EventTracker(text, rule, new_id) for text, rule in rules.items()}
         self._last: SegmentOutcome | None = None
+
+    @property
+    def rules(self) -> dict[str, Rule]:
+        return {text: tracker.rule for text, tracker in self._trackers.items()}
+
+    def active(self, text: str) -> bool:
+        tracker = self._trackers.get(text)
+        return tracker is not None and tracker.active
 
     def observe(self, outcome: SegmentOutcome) -> list[EventChange]:
         self._last = outcome

@@ -102,6 +102,11 @@ class EventTracker:
     def open(self) -> bool:
         return self._state is _State.OPEN
 
+    @property
+    def active(self) -> bool:
+        """An event is pending (not yet min_duration) or open."""
+        return self._state is not _State.IDLE
+
     def observe(self, seen: Observation) -> list[EventChange]:
         if self._state is _State.OPEN:
             return self._while_open(seen)

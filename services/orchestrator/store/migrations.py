@@ -39,6 +39,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             letter_id {serial}, event_id TEXT NOT NULL, target TEXT NOT NULL, attempts INTEGER NOT NULL,
             error TEXT NOT NULL, body {blob} NOT NULL, created_ms BIGINT NOT NULL)""",
     ]),
+    (2, "delivery cursors: where each delivery target of a monitor has got to in the event log", [
+        "CREATE TABLE delivery_cursors (target_key TEXT PRIMARY KEY, cursor BIGINT NOT NULL)",
+    ]),
 ]
 
 

@@ -283,6 +283,22 @@ class Store:
         row = await self.database.run(lambda t: t.one("SELECT SUM(bytes) FROM evidence WHERE owner = ?", (owner,)))
         return int(row[0]) if row and row[0] is not None else 0
 
+    # Delivery -------------------------------------------------------------------------------
+
+    async def delivery_cursor(self, target_key: str, start: int) -> int:
+        """The last cursor delivered to `target_key`; a new target starts at `start`."""
+        def work(t: Transaction) -> int:
+            row = t.one("SELECT cursor FROM delivery_cursors WHERE target_key = ?", (target_key,))
+            if row is not None:
+                return int(row[0])
+            t.execute("INSERT INTO delivery_cursors VALUES (?, ?)", (target_key, start))
+            return start
+        return await self.database.run(work)
+
+    async def set_delivery_cursor(self, target_key: str, cursor: int) -> None:
+        await self.database.run(lambda t: t.execute(
+            "UPDATE delivery_cursors SET cursor = ? WHERE target_key = ?", (cursor, target_key)))
+
     # Dead letters -----------------------------------------------------------------------------
 
     async def add_dead_letter(self, event: events_pb2.Event, target: str, attempts: int, error: str) -> None:
