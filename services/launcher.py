@@ -60,6 +60,7 @@ class StackOptions:
     orchestrator_port: int = 0
     log_dir: Path | None = None  # service logs; None keeps only the last lines for error messages
     profile: str = "default"  # the services' profile for requests that name none
+    data_dir: Path | None = None  # the orchestrator's jobs, monitors and events (None: none kept)
 
 
 @dataclass
@@ -196,10 +197,11 @@ class EmbeddedStack:
             await clip.listening()
             context = await self._spawn("context_service", ["--clip-address", clip.address])
             await asyncio.gather(context.listening(), lvlm.listening())
+            data_dir = ["--data-dir", str(options.data_dir)] if options.data_dir else []
             orchestrator = await self._spawn(
                 "orchestrator",
                 ["--clip-address", clip.address, "--context-address", context.address, "--lvlm-address",
-                 lvlm.address],
+                 lvlm.address, *data_dir],
                 port=options.orchestrator_port,
             )
             await orchestrator.listening()

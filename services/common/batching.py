@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from services.common.errors import Overloaded
+from services.common.waiting import wait_event
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -99,9 +100,7 @@ class MicroBatcher(Generic[In, Out]):
             if remaining <= 0:
                 return
             self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
+            if not await wait_event(self._arrived, remaining):
                 return
 
     def _take_batch(self) -> list[tuple[_Pending[In, Out], int, int]]:

@@ -4,6 +4,9 @@
     anyanomaly detect SOURCE -t TEXT [-t TEXT ...] [--models default|tiny] [--output FILE]
                       [--address HOST:PORT] [--lvlm-url URL --lvlm-model NAME]
     anyanomaly eval   --dataset c-shtech|c-avenue|shtech|avenue|custom ... (see --help)
+    anyanomaly monitors create|list|get|pause|resume|delete ...   (live cameras; serve --data-dir)
+    anyanomaly events watch|list|evidence ...
+    anyanomaly jobs submit|get|list|cancel|watch ...
 
 Without --address, `detect` starts the embedded single-machine stack for the duration
 of the command.
@@ -35,6 +38,7 @@ from services.common.enums import (
 from services.common.errors import InvalidInput
 from services.evaluation import command as eval_command
 from services.launcher import EmbeddedStack, StackError, StackOptions
+from services.orchestrator import live_cli
 from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
 
 PROG = "anyanomaly"
@@ -66,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_options(serve)
     serve.add_argument("--port", type=int, default=50050, help="orchestrator port (0 picks a free one)")
     serve.add_argument("--host", default="127.0.0.1", help="address the services bind")
+    serve.add_argument("--data-dir", type=Path, default=None,
+                       help="keep jobs, monitors, events and evidence here (SQLite); without it the Jobs, Monitors "
+                            "and Events services are off")
 
     detect = commands.add_parser("detect", help="score a video (file, frame folder or stream URI) for anomaly texts")
     detect.add_argument("source", help="video file, folder of frames, or rtsp:// / http:// URI")
@@ -99,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--gate", type=float, default=None,
                         help="skip the LVLM for segments whose best CLIP similarity is below this (off by default)")
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    live_cli.add_commands(commands)
 
     evaluate = commands.add_parser("eval", help="micro-AUROC on C-ShT, C-Ave, ShanghaiTech, Avenue or your own data")
     eval_command.add_arguments(evaluate)
@@ -149,8 +158,10 @@ def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
 def _stack_options(args: argparse.Namespace, port: int = 0, host: str = "127.0.0.1") -> StackOptions:
     if bool(args.lvlm_url) != bool(args.lvlm_model):
         raise UsageError("--lvlm-url and --lvlm-model go together (the server's URL and the model it serves)")
+    data_dir = getattr(args, "data_dir", None)
     return StackOptions(models=args.models, lvlm_url=args.lvlm_url, lvlm_model=args.lvlm_model, host=host,
-                        orchestrator_port=port, log_dir=args.log_dir, profile=args.profile or "default")
+                        orchestrator_port=port, log_dir=args.log_dir, profile=args.profile or "default",
+                        data_dir=data_dir.expanduser().resolve() if data_dir else None)
 
 
 def _print_summary(result: dict[str, Any], output: Path | None) -> None:
@@ -302,7 +313,8 @@ class ServiceFailure(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"serve": _serve, "detect": _detect, "eval": _eval}[args.command]
+    command = {"serve": _serve, "detect": _detect, "eval": _eval, "monitors": live_cli.run, "events": live_cli.run,
+               "jobs": live_cli.run}[args.command]
     try:
         return asyncio.run(_interruptible(command, args))
     except Interrupted as stop:
@@ -316,7 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     except (StackError, ServiceFailure) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
-    except grpc.aio.AioRpcError as error:  # eval's detections
+    except grpc.aio.AioRpcError as error:  # eval's detections, monitors, events and jobs
+        if args.command in ("monitors", "events", "jobs"):
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                print(f"{PROG}: error: cannot reach the orchestrator at {args.address}: {error.details()}",
+                      file=sys.stderr)
+                return 1
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                print(f"{PROG}: error: {error.details()}", file=sys.stderr)
+                return 2
         if error.code() in BAD_INPUT_CODES:
             print(f"{PROG}: error: {error.details()}", file=sys.stderr)
             return 2

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import ssl
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -126,6 +127,9 @@ class MqttSink:
                                          urllib.parse.unquote(url.password or ""))
         if url.scheme == "mqtts":
             self._client.tls_set_context(ssl.create_default_context())
+        self._connected = threading.Event()
+        self._client.on_connect = lambda *_: self._connected.set()
+        self._client.on_disconnect = lambda *_: self._connected.clear()
         self._client.will_set(self._availability, "offline", qos=1, retain=True)
         self._client.reconnect_delay_set(1, 30)
         self._client.connect_async(url.hostname or "localhost", url.port or (8883 if url.scheme == "mqtts" else 1883))
@@ -135,17 +139,19 @@ class MqttSink:
         return f"{self._prefix}/{self._monitor_id}/{slug(text)}/{leaf}"
 
     async def _publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-
-        def wait() -> None:
+        def publish() -> None:
+            if not self._connected.wait(10):
+                raise RuntimeError("not connected to the MQTT broker")
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
             info.wait_for_publish(10)
             if not info.is_published():
                 raise RuntimeError("the MQTT broker did not acknowledge within 10 s")
-        await asyncio.to_thread(wait)
+        await asyncio.to_thread(publish)
 
     async def start(self, texts: list[str]) -> None:
         await self._publish(self._availability, "online", retain=True)
-        for text in texts:
+        for text in texts:  # no event is open when a monitor starts
+            await self._publish(self._topic(text, "state"), "OFF", retain=True)
             if self._discovery:
                 object_id = f"anyanomaly_{slug(self._monitor_id)}_{slug(text)}"
                 config = {
@@ -165,10 +171,11 @@ class MqttSink:
         await self._publish(self._topic(event.text, "state"), state, retain=True)
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._publish(self._availability, "offline", retain=True)
+        if self._connected.is_set():
+            with contextlib.suppress(Exception):
+                await self._publish(self._availability, "offline", retain=True)
         self._client.disconnect()
-        self._client.loop_stop()
+        await asyncio.to_thread(self._client.loop_stop)  # joins paho's thread
 
 
 def check_targets(targets: list[monitors_pb2.DeliveryTarget], data_dir: Path) -> None:
@@ -225,6 +232,7 @@ class DeliveryWorker:
                                                               ).hexdigest()[:24]
         self._attempts = attempts
         self._backoff = backoff_seconds
+        self._finishing = False
         kind = target.WhichOneof("target")
         self._sink: Sink
         if kind == "webhook":
@@ -249,9 +257,15 @@ class DeliveryWorker:
                     cursor = event.cursor
                     await self._store.set_delivery_cursor(self._key, cursor)
                 if not events:
+                    if self._finishing:
+                        return
                     await self._changes.wait(mark)
         finally:
             await asyncio.shield(self._sink.close())
+
+    def finish(self) -> None:
+        """End once every event stored so far is delivered (or dead-lettered)."""
+        self._finishing = True
 
     async def _deliver(self, event: events_pb2.Event) -> None:
         payload = json.dumps(event_json(event, self._monitor_name), separators=(",", ":")).encode()

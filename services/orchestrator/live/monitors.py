@@ -37,6 +37,7 @@ from services.orchestrator.store.store import Store, now_ms
 LOG = logging.getLogger(__name__)
 MAX_SAMPLE_FPS = 240.0
 MAX_TARGETS = 16
+DELETE_DRAIN_SECONDS = 10.0
 STATES = {FeedState.CONNECTING: monitors_pb2.MONITOR_STATE_CONNECTING, FeedState.LIVE: monitors_pb2.MONITOR_STATE_LIVE,
           FeedState.RECONNECTING: monitors_pb2.MONITOR_STATE_RECONNECTING,
           FeedState.STOPPED: monitors_pb2.MONITOR_STATE_PAUSED}
@@ -62,7 +63,7 @@ class MonitorRunner:
         self._services = services
         self._feed: LiveFeed | None = None
         self._detection: asyncio.Task[None] | None = None
-        self._deliveries: list[asyncio.Task[None]] = []
+        self._deliveries: list[tuple[DeliveryWorker, asyncio.Task[None]]] = []
         self._failure = ""  # FAILED: why (the detection stopped for good)
         self._problem = ""  # a passing trouble of the detection (a service down), shown while it lasts
         self._engine: EventEngine | None = None
@@ -73,10 +74,13 @@ class MonitorRunner:
     # Life cycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.paused:
-            return
-        services = self._services
-        settings = services.settings
+        """Deliver the monitor's events and, unless it is paused, read and score its source."""
+        self._start_deliveries()
+        if not self.paused:
+            self.start_reading()
+
+    def start_reading(self) -> None:
+        settings = self._services.settings
         source = self.spec.source
         plan = FeedPlan(
             segment_length=detect_params(self.spec.options, settings).segment_length,
@@ -88,22 +92,42 @@ class MonitorRunner:
         self._feed = LiveFeed(opener, plan, source.uri or source.path or source.frame_folder)
         self._failure = ""
         self._start_detection()
-        self._deliveries = [asyncio.create_task(DeliveryWorker(
-            services.store, services.changes, self.snapshot(), target, settings.webhook_attempts,
-            settings.webhook_backoff_seconds, settings.webhook_timeout_seconds).run()) for target in self.spec.targets]
+
+    def _start_deliveries(self) -> None:
+        services, settings = self._services, self._services.settings
+        workers = [DeliveryWorker(services.store, services.changes, self.snapshot(), target, settings.webhook_attempts,
+                                  settings.webhook_backoff_seconds, settings.webhook_timeout_seconds)
+                   for target in self.spec.targets]
+        self._deliveries = [(worker, asyncio.create_task(worker.run())) for worker in workers]
 
     def _start_detection(self) -> None:
         self._detection = asyncio.create_task(self._detect_forever(), name=f"monitor {self.monitor_id}")
 
-    async def stop(self) -> None:
-        """Stop reading, scoring and delivering (open events close)."""
+    async def stop_reading(self) -> None:
+        """Stop reading and scoring (open events close); deliveries go on."""
         if self._feed is not None:
             self._feed.close()
         await self._stop_detection()
-        for task in self._deliveries:
+        self._feed = None
+
+    async def _stop_deliveries(self, drain_seconds: float = 0.0) -> None:
+        """Stop the delivery workers, after up to `drain_seconds` to deliver what is stored."""
+        tasks = [task for _, task in self._deliveries]
+        if drain_seconds and tasks:
+            for worker, _ in self._deliveries:
+                worker.finish()
+            self._services.changes.notify()
+            await asyncio.wait(tasks, timeout=drain_seconds)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._deliveries, return_exceptions=True)
-        self._deliveries, self._feed = [], None
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._deliveries = []
+
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop everything (the monitor is deleted, or the orchestrator stops: a restart resumes
+        deliveries from their stored cursors)."""
+        await self.stop_reading()
+        await self._stop_deliveries(drain_seconds)
 
     async def _stop_detection(self) -> None:
         if self._detection is not None:
@@ -115,14 +139,19 @@ class MonitorRunner:
 
     async def reconfigure(self, spec: monitors_pb2.MonitorSpec) -> None:
         """New texts, rules, options or targets; the source stays connected."""
-        targets_changed = list(spec.targets) != list(self.spec.targets)
+        # Sinks announce the texts (MQTT discovery), so new texts restart them too; each resumes
+        # from its stored cursor.
+        targets_changed = list(spec.targets) != list(self.spec.targets) or list(spec.texts) != list(self.spec.texts)
         self.spec = spec
+        if targets_changed:
+            await self._stop_deliveries()
+            self._start_deliveries()
         if self.paused or self._feed is None:
             return
         length = detect_params(spec.options, self._services.settings).segment_length
-        if targets_changed or length != self._feed.plan.segment_length or spec.sample_fps != self._feed.plan.sample_fps:
-            await self.stop()
-            self.start()
+        if length != self._feed.plan.segment_length or spec.sample_fps != self._feed.plan.sample_fps:
+            await self.stop_reading()  # a new cut of the source: connect again
+            self.start_reading()
             return
         await self._stop_detection()
         self._failure = ""
@@ -295,18 +324,17 @@ class MonitorRunners:
             if runner.paused != paused:
                 await self.store.save_monitor(monitor_id, runner.spec, paused, runner.created_ms)
                 runner.updated_ms = now_ms()
+                runner.paused = paused
                 if paused:
-                    await runner.stop()
-                    runner.paused = True
+                    await runner.stop_reading()
                 else:
-                    runner.paused = False
-                    runner.start()
+                    runner.start_reading()
             return runner.snapshot()
 
     async def delete(self, monitor_id: str) -> monitors_pb2.Monitor:
         async with self._lock:
             runner = self.get(monitor_id)
-            await runner.stop()
+            await runner.stop(DELETE_DRAIN_SECONDS)  # its last events (the closes) still go out
             await self.store.delete_monitor(monitor_id)
             del self._runners[monitor_id]
             shown = runner.snapshot()

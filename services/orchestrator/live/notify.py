@@ -7,7 +7,8 @@ change stored between its read and its wait still wakes it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+
+from services.common.waiting import wait_event
 
 
 class Changes:
@@ -24,5 +25,4 @@ class Changes:
 
     async def wait(self, mark: asyncio.Event) -> None:
         """Until a change after `mark` in this process, or the poll interval."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(mark.wait(), self.poll_seconds)
+        await wait_event(mark, self.poll_seconds)

@@ -1,0 +1,109 @@
+"""`anyanomaly serve --data-dir` with `jobs`, `events` and `monitors` driven from the command
+line as a script would (`--json`: one object per line). The LVLM is the scripted test server
+behind the real lvlm_service, so scores vary and events open."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.cli import ANYANOMALY, run
+from tests.helpers.detect import frame_folder
+from tests.helpers.fake_openai_server import FakeOpenAIServer
+from tests.helpers.fixtures import REPO_ROOT
+from tests.helpers.processes import die_with_this_process
+from tests.helpers.scripted_lvlm import ScriptedLVLM
+
+pytestmark = pytest.mark.slow
+
+
+def lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    data_dir = tmp_path_factory.mktemp("data")
+    with FakeOpenAIServer(answer=ScriptedLVLM()) as lvlm:
+        process = subprocess.Popen(
+            [ANYANOMALY, "serve", "--models", "tiny", "--port", "0", "--data-dir", str(data_dir), "--lvlm-url",
+             lvlm.url, "--lvlm-model", lvlm.model], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, preexec_fn=die_with_this_process)
+        assert process.stdout is not None
+        addresses = {}
+        for line in process.stdout:
+            if line.startswith("ready"):
+                break
+            name, _, address = line.partition(" ")
+            addresses[name] = address.strip()
+        try:
+            yield addresses["orchestrator"], data_dir
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+            assert process.returncode == 0
+
+
+def test_jobs_and_their_events_from_the_command_line(served: tuple[str, Path], tmp_path: Path) -> None:
+    address, _ = served
+    folder = frame_folder(tmp_path, 72)
+    submitted = run("jobs", "submit", str(folder), "-t", "person running", "--threshold", "0.05", "--name", "cli",
+                    "--address", address, "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = lines(submitted.stdout)[0]["job_id"]
+    watched = lines(run("jobs", "watch", job_id, "--address", address, "--json").stdout)
+    assert "started" in watched[0] and "summary" in watched[-1]
+    assert [u["segment"]["index"] for u in watched if "segment" in u] == [0, 1, 2]
+    streamed = [u["event"] for u in watched if "event" in u]
+    job = lines(run("jobs", "get", job_id, "--address", address, "--json").stdout)[0]
+    assert job["state"] == "JOB_STATE_SUCCEEDED" and job["segments_done"] == 3
+    listed = lines(run("events", "list", "--job", job_id, "--address", address, "--json").stdout)
+    assert listed == streamed and listed[0]["phase"] == "OPEN" and listed[-1]["phase"] == "CLOSE"
+    assert listed[0]["text"] == "person running" and set(listed[0]) >= {"event_id", "cursor", "peak_score", "reason"}
+    human = run("jobs", "list", "--state", "succeeded", "--address", address)
+    assert job_id in human.stdout and "SUCCEEDED" in human.stdout
+    evidence = run("events", "evidence", listed[0]["event_id"], "--output-dir", str(tmp_path / "evidence"),
+                   "--address", address, "--json")
+    written = lines(evidence.stdout)[0]
+    assert all(Path(written[name]).stat().st_size > 0
+               for name in ("key_frame", "position_context", "temporal_context"))
+
+
+def test_a_monitor_from_the_command_line(served: tuple[str, Path], tmp_path: Path) -> None:
+    address, data_dir = served
+    folder = frame_folder(tmp_path, 24)
+    created = run("monitors", "create", "--source", str(folder), "-t", "bicycle", "--threshold", "0.05", "--name",
+                  "door", "--json-lines", "events/door.jsonl", "--address", address, "--json")
+    assert created.returncode == 0, created.stderr
+    monitor_id = lines(created.stdout)[0]["monitor_id"]
+    watcher = subprocess.Popen([ANYANOMALY, "events", "watch", "--monitor", monitor_id, "--since", "0", "--address",
+                                address, "--json"], text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               preexec_fn=die_with_this_process)
+    assert watcher.stdout is not None
+    try:
+        first = json.loads(watcher.stdout.readline())
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(30)
+    assert first["phase"] == "OPEN" and first["monitor_id"] == monitor_id and first["monitor_name"] == ""
+    listed = lines(run("monitors", "list", "--address", address, "--json").stdout)
+    assert [m["monitor_id"] for m in listed] == [monitor_id] and listed[0]["state"] == "MONITOR_STATE_LIVE"
+    paused = lines(run("monitors", "pause", monitor_id, "--address", address, "--json").stdout)[0]
+    assert paused["state"] == "MONITOR_STATE_PAUSED"
+    assert run("monitors", "delete", monitor_id, "--address", address).returncode == 0
+    gone = run("monitors", "get", monitor_id, "--address", address)
+    assert gone.returncode == 2 and "no monitor" in gone.stderr
+    delivered = lines((data_dir / "events" / "door.jsonl").read_text())
+    assert delivered[0]["event_id"] == first["event_id"] and delivered[0]["monitor_name"] == "door"
+    assert delivered[-1]["phase"] == "CLOSE"  # paused: the open event closed, and was delivered
+
+
+def test_live_commands_say_when_the_orchestrator_is_unreachable() -> None:
+    done = run("events", "list", "--address", "127.0.0.1:1")
+    assert done.returncode == 1 and "cannot reach the orchestrator at 127.0.0.1:1" in done.stderr
