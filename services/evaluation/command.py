@@ -49,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"say '{ORACLE_MODE}'")
     parser.add_argument("--fusion-rule", choices=("fuse_then_max", "max_then_fuse"), default=None,
                         help="several texts: fuse_then_max (default) or max_then_fuse (parity)")
-    parser.add_argument("--smoothing", choices=("per_video", "concatenated"), default=None,
-                        help="per_video (default) or over the concatenation of all videos (parity)")
+    parser.add_argument("--smoothing", choices=("per_video", "concatenated", "causal"), default=None,
+                        help="per_video (default), over the concatenation of all videos (parity), or causal (what "
+                             "live monitors do: no look-ahead; the report also gives per_video's AUROC, to show "
+                             "what causality costs)")
 
 
 def build_plan(args: argparse.Namespace) -> datasets.Plan:

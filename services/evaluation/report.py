@@ -58,6 +58,7 @@ def build_report(plan: Plan, runs: list[RunScores], settings: dict[str, Any]) ->
                 "auroc": _value(r.auroc), "videos": len(r.videos), "frames": int(r.labels.size),
                 "positive_frames": int(r.labels.sum()), "weights": list(r.scoring.weights),
                 "sigma": r.scoring.sigma, "per_video": {v: _value(a) for v, a in r.per_video.items()},
+                **({"per_video_gaussian_auroc": _value(r.gaussian_auroc)} if r.scoring.smoothing == "causal" else {}),
             }
             for r in runs
         ],
@@ -106,6 +107,12 @@ def markdown(report: dict[str, Any]) -> str:
         weights = "/".join(f"{w:.1f}" for w in run["weights"])
         lines.append(f"| {run['name']} | {run['category']} | {run['videos']} | {run['frames']} | "
                      f"{run['positive_frames']} | {_percent(run['auroc'])} | {weights} | {run['sigma']:g} |")
+    causal = [run for run in report["runs"] if "per_video_gaussian_auroc" in run]
+    if causal:
+        lines += ["", "Causal smoothing (live monitors: no look-ahead) against the per-video Gaussian (files, jobs):",
+                  "", "| Run | Causal AUROC (%) | Gaussian AUROC (%) |", "|---|---|---|"]
+        lines += [f"| {run['name']} | {_percent(run['auroc'])} | {_percent(run['per_video_gaussian_auroc'])} |"
+                  for run in causal]
     lines += ["", f"Pooled micro-AUROC over all runs' frames: {_percent(report['pooled_auroc'])}.",
               "`undefined`: the labels of that run are all one value, so AUROC does not exist.", ""]
     return "\n".join(lines)

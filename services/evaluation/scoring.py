@@ -14,6 +14,7 @@ from services.common.errors import InvalidInput
 from services.evaluation.datasets import Run
 from services.evaluation.results import SegmentScores, VideoResult
 from services.orchestrator.fusion import fuse, max_then_fuse, smooth
+from services.orchestrator.live.smoothing import causal_smooth
 
 ORACLE_SIGMAS = tuple(range(1, 30))  # the authors' search: 1..29
 
@@ -35,7 +36,7 @@ class Scoring:
     weights: tuple[float, float, float] = (0.6, 0.3, 0.1)
     sigma: float = 15.0
     rule: str = "fuse_then_max"  # or "max_then_fuse" (the reference)
-    smoothing: str = "per_video"  # or "concatenated" (the reference, evaluation only)
+    smoothing: str = "per_video"  # "concatenated" (the reference, evaluation only) or "causal" (live)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RunScores:
     scores: np.ndarray
     labels: np.ndarray
     oracle: bool = False
+    gaussian_auroc: float | None = None  # with causal smoothing: the per-video Gaussian's, to compare
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -101,9 +103,13 @@ def _aligned(run: Run, results: dict[str, VideoResult]) -> tuple[list[str], list
 
 
 def _smoothed(raws: list[np.ndarray], scoring: Scoring) -> np.ndarray:
+    if not raws:
+        return np.zeros(0)
     if scoring.smoothing == "concatenated":  # the reference: one filter over all videos
-        return smooth(np.concatenate(raws), scoring.sigma) if raws else np.zeros(0)
-    return np.concatenate([smooth(r, scoring.sigma) for r in raws]) if raws else np.zeros(0)
+        return smooth(np.concatenate(raws), scoring.sigma)
+    if scoring.smoothing == "causal":  # what live monitors see: no look-ahead
+        return np.concatenate([causal_smooth(r, scoring.sigma) for r in raws])
+    return np.concatenate([smooth(r, scoring.sigma) for r in raws])
 
 
 def _finish(run: Run, scoring: Scoring, videos: list[str], labels: list[np.ndarray], scores: np.ndarray,
@@ -120,7 +126,12 @@ def _finish(run: Run, scoring: Scoring, videos: list[str], labels: list[np.ndarr
 def score_run(run: Run, results: dict[str, VideoResult], scoring: Scoring) -> RunScores:
     videos, chosen, labels = _aligned(run, results)
     raws = [raw_scores(r, run.texts, scoring.weights, scoring.rule) for r in chosen]
-    return _finish(run, scoring, videos, labels, _smoothed(raws, scoring))
+    scored = _finish(run, scoring, videos, labels, _smoothed(raws, scoring))
+    if scoring.smoothing != "causal":
+        return scored
+    gaussian = _finish(run, replace(scoring, smoothing="per_video"), videos, labels,
+                       _smoothed(raws, replace(scoring, smoothing="per_video")))
+    return replace(scored, gaussian_auroc=gaussian.auroc)
 
 
 def oracle_search(run: Run, results: dict[str, VideoResult], scoring: Scoring) -> RunScores:

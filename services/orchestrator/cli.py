@@ -256,7 +256,9 @@ async def _eval(args: argparse.Namespace) -> int:
     print(f"{report['dataset']}: {report['mode']}")
     for run in report["runs"]:
         value = run["auroc"] if isinstance(run["auroc"], str) else f"{100 * run['auroc']:.2f}"
-        print(f"  {run['name']:24} {value:>9}  ({run['videos']} videos, {run['frames']} frames)")
+        gaussian = run.get("per_video_gaussian_auroc")
+        versus = f"; per-video Gaussian {100 * gaussian:.2f}" if isinstance(gaussian, float) else ""
+        print(f"  {run['name']:24} {value:>9}  ({run['videos']} videos, {run['frames']} frames{versus})")
     average = report["averages"]["all"]
     print(f"  {'average':24} {average if isinstance(average, str) else f'{100 * average:.2f}':>9}")
     print(f"  report: {args.output_dir / 'report.md'}")

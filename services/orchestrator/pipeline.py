@@ -303,11 +303,17 @@ class Detector:
                 outcomes.append(without_images(outcome))
             return outcome
 
+        reading: asyncio.Future[list[Frame]] | None = None
         try:
             while True:
-                decode_started = time.perf_counter()
-                frames = await source.read(params.segment_length)
-                timings.decode += time.perf_counter() - decode_started
+                # Results that finish while the next segment is still being read go out at once
+                # (a live source delivers a segment only every segment's length).
+                reading = asyncio.ensure_future(self._timed_read(source, params.segment_length, timings))
+                while pending and not reading.done():
+                    await asyncio.wait({reading, pending[0]}, return_when=asyncio.FIRST_COMPLETED)
+                    while pending and pending[0].done():
+                        yield finished(await pending.popleft())
+                frames = await reading
                 if not frames:
                     break
                 start, frames_read = frames_read, frames_read + len(frames)
@@ -330,11 +336,21 @@ class Detector:
         finally:
             for task in pending:
                 task.cancel()
+            if reading is not None:
+                reading.cancel()
         if params.tail_policy == "score" and not outcomes and frames_read and not live:
             raise InvalidInput(f"the video has {frames_read} frames; at least {MIN_SEGMENT_FRAMES} are needed to "
                                "score it")
         timings.total = time.perf_counter() - clock
         yield self._summary(source, outcomes, frames_read, tail_extension, params, timings, clip_info, lvlm_info)
+
+    @staticmethod
+    async def _timed_read(source: AsyncFrameSource, count: int, timings: Timings) -> list[Frame]:
+        started = time.perf_counter()
+        try:
+            return await source.read(count)
+        finally:
+            timings.decode += time.perf_counter() - started
 
     @staticmethod
     async def _read_past(source: AsyncFrameSource, done: Sequence[SegmentOutcome], segment_length: int) -> int:

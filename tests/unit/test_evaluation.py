@@ -172,6 +172,26 @@ def test_the_two_multi_text_rules_differ_when_maxima_come_from_different_texts(
     assert segment_score(first, ("x",), weights, "fuse_then_max") == pytest.approx(0.06 + 0.06 + 0.03)
 
 
+def test_causal_smoothing_looks_only_back_and_is_reported_with_the_gaussian(
+    two_videos: tuple[datasets.Run, dict[str, Any]]
+) -> None:
+    run, results = two_videos
+    got = score_run(run, results, Scoring(sigma=2.0, smoothing="causal"))
+    raw = expected_raw((0.6, 0.3, 0.1), "fuse_then_max")
+    keep = np.exp(-1 / 2.0)
+    expected_scores = []
+    for video in ("a", "b"):  # an exponential moving average per video, from its first frame
+        state = raw[video][0]
+        for value in raw[video]:
+            state = keep * state + (1 - keep) * value
+            expected_scores.append(state)
+    np.testing.assert_allclose(got.scores, expected_scores)
+    labels = np.concatenate([run.labels["a"], run.labels["b"][:8]])
+    assert got.auroc == pytest.approx(roc_auc_score(labels, expected_scores))
+    gaussian = score_run(run, results, Scoring(sigma=2.0, smoothing="per_video"))
+    assert got.gaussian_auroc == gaussian.auroc and gaussian.gaussian_auroc is None
+
+
 def test_per_video_smoothing_does_not_leak_across_videos(two_videos: tuple[datasets.Run, dict[str, Any]]) -> None:
     run, results = two_videos
     per_video = score_run(run, results, Scoring(sigma=3, smoothing="per_video"))
