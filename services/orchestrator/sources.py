@@ -155,11 +155,15 @@ class StreamSource:
         self._container.close()
 
 
+class FrameTooLarge(InvalidInput):
+    """A source's frames are above the size limit: reading it again will not help."""
+
+
 def check_frame_size(rgb: np.ndarray, location: str, max_pixels: int) -> None:
     height, width = rgb.shape[:2]
     if max_pixels and height * width > max_pixels:
-        raise InvalidInput(f"{echo(location, 200)}: frames are {width}x{height}, above the limit of {max_pixels} "
-                           "pixels")
+        raise FrameTooLarge(f"{echo(location, 200)}: frames are {width}x{height}, above the limit of {max_pixels} "
+                            "pixels")
 
 
 class FolderSource:
@@ -186,7 +190,8 @@ class FolderSource:
             if size is None:
                 raise InvalidInput(f"{path}: corrupt or truncated image")
             if self._encoding.max_pixels and size[0] * size[1] > self._encoding.max_pixels:
-                decode_image(data, str(path), self._encoding.max_pixels)  # raises with the size in the message
+                raise FrameTooLarge(f"{path}: frames are {size[0]}x{size[1]}, above the limit of "
+                                    f"{self._encoding.max_pixels} pixels")
             frames.append(Frame(data, (self._next + len(frames)) / DEFAULT_FPS))
         self._next += len(frames)
         return frames

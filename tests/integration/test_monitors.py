@@ -17,12 +17,14 @@ from typing import Any
 import grpc
 import pytest
 from anyanomaly.v1 import events_pb2, events_pb2_grpc, monitors_pb2, monitors_pb2_grpc, orchestrator_pb2
+from google.protobuf.message import Message
 
 from services.common.clients import open_channel
 from services.orchestrator.store.store import Store
 from tests.conftest import Scripted, scripted_stack
 from tests.helpers import rtsp_camera
 from tests.helpers.detect import frame_folder
+from tests.helpers.fixtures import avenue_clip
 from tests.helpers.mosquitto import Subscriber, mosquitto
 from tests.helpers.webhook import WebhookReceiver
 
@@ -243,3 +245,73 @@ async def test_a_camera_that_goes_away_is_reconnected(tmp_path: Path) -> None:
                 await monitors.DeleteMonitor(request)
                 camera.kill()
                 camera.wait()
+
+
+async def test_bad_monitor_specs_are_refused_with_what_to_change(scripted_live: Scripted, tmp_path: Path) -> None:
+    folder = str(frame_folder(tmp_path, 24))
+    good = monitors_pb2.MonitorSpec(source=orchestrator_pb2.VideoSource(frame_folder=folder), texts=["bicycle"])
+
+    def spec(**changes: Any) -> monitors_pb2.MonitorSpec:
+        changed = monitors_pb2.MonitorSpec()
+        changed.CopyFrom(good)
+        for name, value in changes.items():
+            if name == "targets":
+                changed.targets.extend(value)
+            elif name == "rules":
+                changed.rules.extend(value)
+            elif isinstance(value, Message):
+                getattr(changed, name).CopyFrom(value)
+            else:
+                setattr(changed, name, value)
+        return changed
+
+    bad = {
+        "one source": spec(source=orchestrator_pb2.VideoSource()),
+        "unsupported stream URI": spec(source=orchestrator_pb2.VideoSource(uri="ftp://camera/1")),
+        "no such file": spec(source=orchestrator_pb2.VideoSource(path=str(tmp_path / "missing.mp4"))),
+        "sample_fps": spec(sample_fps=-1.0),
+        "webhook url": spec(targets=[monitors_pb2.DeliveryTarget(webhook=monitors_pb2.WebhookTarget(url="file:///x"))]),
+        "outside the orchestrator's data dir": spec(targets=[monitors_pb2.DeliveryTarget(
+            json_lines=monitors_pb2.JsonLinesTarget(path="../../etc/cron.d/x"))]),
+        "mqtt url": spec(targets=[monitors_pb2.DeliveryTarget(mqtt=monitors_pb2.MqttTarget(url="http://broker"))]),
+        "set webhook, mqtt or json_lines": spec(targets=[monitors_pb2.DeliveryTarget()]),
+        "not detected": spec(rules=[events_pb2.EventRule(text="car")]),
+        "release must be": spec(rules=[events_pb2.EventRule(threshold=0.5, release=0.9)]),
+    }
+    async with open_channel(scripted_live.address) as channel:
+        monitors: Any = monitors_pb2_grpc.MonitorsStub(channel)
+        for message, wrong in bad.items():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=wrong))
+                pytest.fail(f"accepted: {message}")
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+            assert message in (refused.value.details() or ""), refused.value.details()
+        created = await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=good))
+        moved = spec(source=orchestrator_pb2.VideoSource(uri="rtsp://elsewhere/1"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await monitors.UpdateMonitor(monitors_pb2.UpdateMonitorRequest(monitor_id=created.monitor_id, spec=moved))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "source cannot change" in (refused.value.details() or "")
+        for method in (monitors.GetMonitor, monitors.PauseMonitor, monitors.DeleteMonitor):
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await method(monitors_pb2.GetMonitorRequest(monitor_id="nope"))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        listed = await monitors.ListMonitors(monitors_pb2.ListMonitorsRequest())
+        assert [m.monitor_id for m in listed.monitors] == [created.monitor_id]
+        await monitors.DeleteMonitor(monitors_pb2.GetMonitorRequest(monitor_id=created.monitor_id))
+
+
+async def test_a_monitor_whose_frames_break_a_limit_fails_and_says_why(tmp_path: Path) -> None:
+    async with scripted_stack(data_dir=str(tmp_path / "data"), max_image_pixels=100 * 100) as stack, \
+            open_channel(stack.address) as channel:
+        monitors: Any = monitors_pb2_grpc.MonitorsStub(channel)
+        spec = monitors_pb2.MonitorSpec(source=orchestrator_pb2.VideoSource(path=str(avenue_clip("21"))),
+                                        texts=["bicycle"])
+        monitor_id = (await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=spec))).monitor_id
+        request = monitors_pb2.GetMonitorRequest(monitor_id=monitor_id)
+        failed = await until(lambda: _async_get(lambda: monitors.GetMonitor(request),
+                                                lambda m: m.state != monitors_pb2.MONITOR_STATE_CONNECTING),
+                             "a state other than CONNECTING")
+        assert failed.state == monitors_pb2.MONITOR_STATE_FAILED  # no retry: the frames will not shrink
+        assert "above the limit of 10000 pixels" in failed.state_reason
+        await monitors.DeleteMonitor(request)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.common.errors import ServiceError
-from services.orchestrator.sources import DEFAULT_FPS, Frame, FrameSource, SourceInfo
+from services.orchestrator.sources import DEFAULT_FPS, Frame, FrameSource, FrameTooLarge, SourceInfo
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class FeedState(enum.Enum):
     CONNECTING = "connecting"
     LIVE = "live"
     RECONNECTING = "reconnecting"
+    FAILED = "failed"  # will not retry: the source itself breaks a limit
     STOPPED = "stopped"
 
 
@@ -115,6 +116,12 @@ class LiveFeed:
             self.status.connects += 1
             try:
                 ended = self._read_all(source)
+            except FrameTooLarge as exc:
+                self.status.state, self.status.reason = FeedState.FAILED, str(exc)
+                LOG.error("%s: %s", self.info.location, exc)
+                self._stop.set()  # the detection ends; the monitor reports FAILED with the reason
+                self._wake()
+                return
             except ServiceError as exc:
                 attempt = self._retry_later(0, str(exc))
                 continue

@@ -40,7 +40,7 @@ MAX_TARGETS = 16
 DELETE_DRAIN_SECONDS = 10.0
 STATES = {FeedState.CONNECTING: monitors_pb2.MONITOR_STATE_CONNECTING, FeedState.LIVE: monitors_pb2.MONITOR_STATE_LIVE,
           FeedState.RECONNECTING: monitors_pb2.MONITOR_STATE_RECONNECTING,
-          FeedState.STOPPED: monitors_pb2.MONITOR_STATE_PAUSED}
+          FeedState.FAILED: monitors_pb2.MONITOR_STATE_FAILED, FeedState.STOPPED: monitors_pb2.MONITOR_STATE_PAUSED}
 
 
 def public_spec(spec: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:
