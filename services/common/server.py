@@ -52,6 +52,8 @@ class ServiceSpec:
     register: Callable[[grpc.aio.Server], None]  # adds the servicers
     start: Callable[[], Awaitable[None]] = field(default=_nothing)  # e.g. load the model
     stop: Callable[[], Awaitable[None]] = field(default=_nothing)  # release resources
+    # Before in-flight RPCs get their grace: end endless streams (watchers) and background work.
+    drain: Callable[[], Awaitable[None]] = field(default=_nothing)
 
 
 class RunningServer:
@@ -82,6 +84,8 @@ class RunningServer:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         log.info("draining", extra={"grace_seconds": grace})
+        if self.ready_task.done():
+            await self.spec.drain()
         await self.server.stop(grace)
         if not self.ready_task.done():
             self.ready_task.cancel()

@@ -32,11 +32,17 @@ class OrchestratorSettings(ServerSettings):
     data_dir: str = setting("", "folder for jobs, monitors, events and evidence (SQLite database and files); empty: "
                             "the Jobs, Monitors and Events services answer FAILED_PRECONDITION")
     database_url: str = secret("PostgreSQL URL (postgresql://user:password@host/db) to keep records in instead of "
-                               "SQLite, shared by orchestrator replicas; evidence files stay in --data-dir")
+                               "SQLite; one orchestrator runs its jobs and monitors, others stand by; evidence "
+                               "files stay in --data-dir")
+    holder_retry_seconds: float = setting(5.0, "a standby orchestrator tries this often to take over the jobs and "
+                                          "monitors", minimum=0.05)
     max_running_jobs: int = setting(2, "jobs scored at once; later ones wait, queued", minimum=1)
     evidence_budget_mb: int = setting(1024, "evidence kept per monitor or job (oldest removed first), in MiB",
                                       minimum=1)
     evidence_days: float = setting(30.0, "evidence older than this many days is removed", minimum=0.001)
+    event_days: float = setting(90.0, "events and dead letters older than this many days are removed", minimum=0.001)
+    retention_sweep_seconds: float = setting(3600.0, "how often old evidence, events and dead letters are removed",
+                                             minimum=0.1)
     event_poll_seconds: float = setting(1.0, "how often watchers look for records other replicas stored",
                                         minimum=0.05)
     reconnect_min_seconds: float = setting(1.0, "first wait before reconnecting a broken source (doubles, with "

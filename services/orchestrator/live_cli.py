@@ -60,7 +60,7 @@ def add_commands(commands: Any) -> None:
     create.add_argument("--mqtt", default="", help="mqtt://host:1883 broker for events and ON/OFF states")
     create.add_argument("--mqtt-prefix", default="", help="topic prefix (default anyanomaly)")
     create.add_argument("--home-assistant", action="store_true", help="publish Home Assistant discovery")
-    create.add_argument("--json-lines", default="", help="append events to this file under the data dir")
+    create.add_argument("--json-lines", default="", help="append events to this file (relative to <data dir>/exports)")
     for action, about in (("list", "all monitors"), ("get", "one monitor"), ("pause", "stop reading, keep it"),
                           ("resume", "read again"), ("delete", "remove it")):
         parser = monitors.add_parser(action, help=about)

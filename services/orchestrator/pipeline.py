@@ -181,8 +181,10 @@ class _CausalScores:
 
     def add(self, outcome: SegmentOutcome) -> SegmentOutcome:
         frames = outcome.end - outcome.start
-        results = [replace(r, causal=self._texts[r.text].update(r.fused, frames)) for r in outcome.results]
-        return replace(outcome, results=results, causal_score=self._segment.update(outcome.score, frames))
+        results = [replace(r, causal=as_reported(self._texts[r.text].update(r.fused, frames)))
+                   for r in outcome.results]
+        return replace(outcome, results=results,
+                       causal_score=as_reported(self._segment.update(outcome.score, frames)))
 
 
 class Detector:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from anyanomaly.v1 import (
     orchestrator_pb2_grpc,
 )
 
-from services.common.errors import InvalidInput, echo
+from services.common.errors import InvalidInput, ServiceError, echo
 from services.common.server import RpcContext, ServiceSpec
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.live.access import Live, LiveAccess
@@ -35,8 +37,10 @@ from services.orchestrator.pipeline import Detector, SegmentOutcome, Summary
 from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, media_roots
 from services.orchestrator.service_clients import ServiceClients
 from services.orchestrator.sources import PushedSource, open_threaded
+from services.orchestrator.store.holder import Holder
 from services.orchestrator.store.store import Store
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
 SERVICE_NAMES = [SERVICE_NAME, jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
                  monitors_pb2.DESCRIPTOR.services_by_name["Monitors"].full_name,
@@ -87,19 +91,45 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
 
 
 async def start_live(settings: OrchestratorSettings, detector: Detector) -> Live:
-    """Open the store, then resume the jobs and monitors it holds."""
+    """Open the store, then resume the jobs and monitors it holds (call once holding it)."""
     store = await asyncio.to_thread(Store.open, Path(settings.data_dir).expanduser(), settings.database_url)
     changes = Changes(settings.event_poll_seconds)
     live = Live(store, changes, JobRunner(store, detector, settings, changes),
                 MonitorRunners(store, detector, settings, changes))
     await live.jobs.resume()
     await live.monitors.resume()
+    live.background.append(asyncio.create_task(sweep_forever(live, settings)))
     return live
 
 
-async def stop_live(live: Live) -> None:
+async def sweep_forever(live: Live, settings: OrchestratorSettings) -> None:
+    """Remove old evidence (of every owner, active or not), events and dead letters."""
+    while True:
+        try:
+            now = int(time.time() * 1000)
+            for owner in await live.store.evidence_owners():
+                budget = live.monitors.evidence_budget(owner) or settings.evidence_budget_mb << 20
+                days = live.monitors.evidence_days(owner) or settings.evidence_days
+                await live.store.expire_evidence(owner, budget, now - int(days * 86_400_000))
+            await live.store.forget_before(now - int(settings.event_days * 86_400_000))
+        except ServiceError as exc:
+            log.warning("retention sweep failed: %s", exc)
+        await asyncio.sleep(settings.retention_sweep_seconds)
+
+
+async def drain_live(live: Live) -> None:
+    """Before in-flight RPCs get their grace: watchers end, monitors and jobs stop where they are
+    (open events close; a restart resumes jobs and monitors)."""
+    live.changes.close()
+    for task in live.background:
+        task.cancel()
+    await asyncio.gather(*live.background, return_exceptions=True)
     await live.monitors.close()
     await live.jobs.close()
+
+
+async def stop_live(live: Live) -> None:
+    await drain_live(live)
     await asyncio.to_thread(live.store.close)
 
 
@@ -108,17 +138,40 @@ def build_service(settings: OrchestratorSettings) -> ServiceSpec:
     access = LiveAccess("this orchestrator keeps no jobs, monitors or events: start it with --data-dir"
                         if not settings.data_dir else "the orchestrator is starting; retry shortly")
 
+    holder = Holder(Path(settings.data_dir).expanduser(), settings.database_url)
+    waiting: list[asyncio.Task[None]] = []
+
+    async def take_over_when_free() -> None:
+        while not await asyncio.to_thread(holder.try_hold):
+            await asyncio.sleep(settings.holder_retry_seconds)  # passive: another orchestrator is active
+        access.live = await start_live(settings, detector)
+        log.info("running the jobs and monitors of the data dir")
+
     async def start() -> None:  # channels belong to the running event loop
         detector.attach(ServiceClients(settings.clip_address, settings.context_address, settings.lvlm_address,
                                        settings.rpc_timeout_seconds, settings.max_message_mb,
                                        settings.keepalive_seconds))
         if settings.data_dir:
-            access.live = await start_live(settings, detector)
+            if await asyncio.to_thread(holder.try_hold):
+                access.live = await start_live(settings, detector)
+            else:
+                access.missing_reason = ("another orchestrator runs the jobs, monitors and events of this data "
+                                         "dir / database; this one takes over when it stops")
+                log.warning("standing by: %s", access.missing_reason)
+                waiting.append(asyncio.create_task(take_over_when_free()))
+
+    async def drain() -> None:
+        if access.live is not None:
+            await drain_live(access.live)
 
     async def stop() -> None:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
         if access.live is not None:
             live, access.live = access.live, None
             await stop_live(live)
+        await asyncio.to_thread(holder.release)
         await detector.close()
 
     def register(server: grpc.aio.Server) -> None:
@@ -127,4 +180,5 @@ def build_service(settings: OrchestratorSettings) -> ServiceSpec:
         monitors_pb2_grpc.add_MonitorsServicer_to_server(MonitorsServicer(access), server)
         events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(access), server)
 
-    return ServiceSpec(name="orchestrator", service_names=SERVICE_NAMES, register=register, start=start, stop=stop)
+    return ServiceSpec(name="orchestrator", service_names=SERVICE_NAMES, register=register, start=start, stop=stop,
+                       drain=drain)

@@ -99,7 +99,7 @@ def test_a_monitor_from_the_command_line(served: tuple[str, Path], tmp_path: Pat
     assert run("monitors", "delete", monitor_id, "--address", address).returncode == 0
     gone = run("monitors", "get", monitor_id, "--address", address)
     assert gone.returncode == 2 and "no monitor" in gone.stderr
-    delivered = lines((data_dir / "events" / "door.jsonl").read_text())
+    delivered = lines((data_dir / "exports" / "events" / "door.jsonl").read_text())
     assert delivered[0]["event_id"] == first["event_id"] and delivered[0]["monitor_name"] == "door"
     assert delivered[-1]["phase"] == "CLOSE"  # paused: the open event closed, and was delivered
 

@@ -162,7 +162,7 @@ async def _async_get(get: Callable[[], Any], check: Callable[[monitors_pb2.Monit
 
 
 def _json_lines(tmp_path: Path) -> list[bytes]:
-    return (tmp_path / "data" / "events" / "gate.jsonl").read_bytes().splitlines()
+    return (tmp_path / "data" / "exports" / "events" / "gate.jsonl").read_bytes().splitlines()
 
 
 async def _dead_letters(store: Store, count: int) -> Any:
@@ -271,9 +271,11 @@ async def test_bad_monitor_specs_are_refused_with_what_to_change(scripted_live: 
         "no such file": spec(source=orchestrator_pb2.VideoSource(path=str(tmp_path / "missing.mp4"))),
         "sample_fps": spec(sample_fps=-1.0),
         "webhook url": spec(targets=[monitors_pb2.DeliveryTarget(webhook=monitors_pb2.WebhookTarget(url="file:///x"))]),
-        "outside the orchestrator's data dir": spec(targets=[monitors_pb2.DeliveryTarget(
+        "outside <data dir>/exports": spec(targets=[monitors_pb2.DeliveryTarget(
             json_lines=monitors_pb2.JsonLinesTarget(path="../../etc/cron.d/x"))]),
         "mqtt url": spec(targets=[monitors_pb2.DeliveryTarget(mqtt=monitors_pb2.MqttTarget(url="http://broker"))]),
+        "mqtt://host[:port]": spec(targets=[monitors_pb2.DeliveryTarget(mqtt=monitors_pb2.MqttTarget(
+            url="mqtt://broker:99999"))]),
         "set webhook, mqtt or json_lines": spec(targets=[monitors_pb2.DeliveryTarget()]),
         "not detected": spec(rules=[events_pb2.EventRule(text="car")]),
         "release must be": spec(rules=[events_pb2.EventRule(threshold=0.5, release=0.9)]),
@@ -286,7 +288,11 @@ async def test_bad_monitor_specs_are_refused_with_what_to_change(scripted_live: 
                 pytest.fail(f"accepted: {message}")
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
             assert message in (refused.value.details() or ""), refused.value.details()
-        created = await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=good))
+        with_password = spec(targets=[monitors_pb2.DeliveryTarget(mqtt=monitors_pb2.MqttTarget(
+            url="mqtt://camera-user:hunter2@127.0.0.1:1"))])
+        created = await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=with_password))
+        shown = await monitors.GetMonitor(monitors_pb2.GetMonitorRequest(monitor_id=created.monitor_id))
+        assert shown.spec.targets[0].mqtt.url == "mqtt://camera-user:***@127.0.0.1:1"
         moved = spec(source=orchestrator_pb2.VideoSource(uri="rtsp://elsewhere/1"))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await monitors.UpdateMonitor(monitors_pb2.UpdateMonitorRequest(monitor_id=created.monitor_id, spec=moved))
@@ -310,8 +316,8 @@ async def test_a_monitor_whose_frames_break_a_limit_fails_and_says_why(tmp_path:
         monitor_id = (await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=spec))).monitor_id
         request = monitors_pb2.GetMonitorRequest(monitor_id=monitor_id)
         failed = await until(lambda: _async_get(lambda: monitors.GetMonitor(request),
-                                                lambda m: m.state != monitors_pb2.MONITOR_STATE_CONNECTING),
-                             "a state other than CONNECTING")
-        assert failed.state == monitors_pb2.MONITOR_STATE_FAILED  # no retry: the frames will not shrink
-        assert "above the limit of 10000 pixels" in failed.state_reason
+                                                lambda m: m.state == monitors_pb2.MONITOR_STATE_FAILED),
+                             "FAILED")  # no retry: the frames will not shrink
+        assert "above the limit of 10000 pixels" in failed.state_reason and failed.segments_scored == 0
+        assert (await monitors.GetMonitor(request)).state == monitors_pb2.MONITOR_STATE_FAILED  # and stays
         await monitors.DeleteMonitor(request)

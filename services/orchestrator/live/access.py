@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from services.common.errors import FailedPrecondition
@@ -20,6 +21,7 @@ class Live:
     changes: Changes
     jobs: JobRunner
     monitors: MonitorRunners
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class LiveAccess:

@@ -28,8 +28,9 @@ from typing import Any, Protocol
 import httpx
 from anyanomaly.v1 import events_pb2, monitors_pb2
 
-from services.common.errors import InvalidInput, echo
+from services.common.errors import InvalidInput, ServiceError, echo
 from services.orchestrator.live.notify import Changes
+from services.orchestrator.store.database import redact
 from services.orchestrator.store.store import EventFilter, Store
 
 LOG = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class MqttSink:
     """Events on `<prefix>/<monitor>/<text>/event`, a retained ON/OFF on `.../state`, the
     monitor's availability (online, or offline by last will) and Home Assistant discovery."""
 
-    def __init__(self, target: monitors_pb2.MqttTarget, monitor_id: str, monitor_name: str) -> None:
+    def __init__(self, target: monitors_pb2.MqttTarget, monitor_id: str, monitor_name: str, client_key: str) -> None:
         import paho.mqtt.client as mqtt  # only monitors with an MQTT target need it
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -121,7 +122,7 @@ class MqttSink:
         self._monitor_id, self._monitor_name = monitor_id, monitor_name
         self._discovery = target.home_assistant_discovery
         self._availability = f"{self._prefix}/{monitor_id}/availability"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"anyanomaly-{monitor_id}")
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"anyanomaly-{monitor_id}-{client_key}")
         if url.username:
             self._client.username_pw_set(urllib.parse.unquote(url.username),
                                          urllib.parse.unquote(url.password or ""))
@@ -186,26 +187,38 @@ def check_targets(targets: list[monitors_pb2.DeliveryTarget], data_dir: Path) ->
             raise InvalidInput(f"{what}: set webhook, mqtt or json_lines")
         if kind == "webhook":
             url = urllib.parse.urlsplit(target.webhook.url)
+            try:
+                url.port  # noqa: B018
+            except ValueError:
+                url = url._replace(netloc="")
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise InvalidInput(f"{what}: webhook url must be http(s)://host/..., got {echo(target.webhook.url)}")
         elif kind == "mqtt":
             url = urllib.parse.urlsplit(target.mqtt.url)
+            try:
+                url.port  # noqa: B018  (raises for a port that is not a number in 0..65535)
+            except ValueError:
+                url = url._replace(netloc="")
             if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
                 raise InvalidInput(f"{what}: mqtt url must be mqtt://host[:port] or mqtts://..., got "
-                                   f"{echo(target.mqtt.url)}")
+                                   f"{echo(redact(target.mqtt.url))}")
             if re.search(r"[#+\x00]", target.mqtt.topic_prefix):
                 raise InvalidInput(f"{what}: topic_prefix may not contain '#', '+' or NUL")
         else:
             json_lines_path(target.json_lines.path, data_dir, what)
 
 
+EXPORTS = "exports"  # JSON-lines files live here, apart from the database and the evidence
+
+
 def json_lines_path(path: str, data_dir: Path, what: str = "json_lines") -> Path:
-    """A JSON-lines file's place: relative paths under the data dir; never outside it."""
+    """A JSON-lines file's place: a relative path under <data dir>/exports; never elsewhere."""
     if not path:
-        raise InvalidInput(f"{what}: json_lines needs a path (relative to the orchestrator's data dir)")
-    resolved = (data_dir / path).resolve()
-    if not resolved.is_relative_to(data_dir.resolve()):
-        raise InvalidInput(f"{what}: json_lines path {echo(path)} is outside the orchestrator's data dir")
+        raise InvalidInput(f"{what}: json_lines needs a path (relative to <data dir>/{EXPORTS})")
+    root = (data_dir / EXPORTS).resolve()
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root) or resolved == root:
+        raise InvalidInput(f"{what}: json_lines path {echo(path)} is outside <data dir>/{EXPORTS}")
     return resolved
 
 
@@ -214,22 +227,30 @@ def target_name(target: monitors_pb2.DeliveryTarget) -> str:
     if kind == "webhook":
         return f"webhook {target.webhook.url}"
     if kind == "mqtt":
-        return f"mqtt {target.mqtt.url} {target.mqtt.topic_prefix}"
+        return f"mqtt {redact(target.mqtt.url)} {target.mqtt.topic_prefix}"
     return f"json_lines {target.json_lines.path}"
 
 
+def target_key(target: monitors_pb2.DeliveryTarget) -> str:
+    """A stable id of a target (its cursor's key), from everything but its secret."""
+    public = monitors_pb2.DeliveryTarget()
+    public.CopyFrom(target)
+    if public.HasField("webhook"):
+        public.webhook.secret = ""
+    return hashlib.sha256(public.SerializeToString(deterministic=True)).hexdigest()[:24]
+
+
 class DeliveryWorker:
-    def __init__(self, store: Store, changes: Changes, monitor: monitors_pb2.Monitor,
+    def __init__(self, store: Store, changes: Changes, monitor: monitors_pb2.Monitor, texts: list[str],
                  target: monitors_pb2.DeliveryTarget, attempts: int, backoff_seconds: float,
                  timeout_seconds: float) -> None:
         self._store = store
         self._changes = changes
         self._monitor_id = monitor.monitor_id
         self._monitor_name = monitor.spec.name
-        self._texts = list(monitor.spec.texts)
+        self._texts = texts
         self.name = target_name(target)
-        self._key = f"{monitor.monitor_id}/" + hashlib.sha256(target.SerializeToString(deterministic=True)
-                                                              ).hexdigest()[:24]
+        self._key = f"{monitor.monitor_id}/" + target_key(target)
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._finishing = False
@@ -238,30 +259,48 @@ class DeliveryWorker:
         if kind == "webhook":
             self._sink = WebhookSink(target.webhook.url, target.webhook.secret, timeout_seconds)
         elif kind == "mqtt":
-            self._sink = MqttSink(target.mqtt, monitor.monitor_id, monitor.spec.name)
+            self._sink = MqttSink(target.mqtt, monitor.monitor_id, monitor.spec.name, target_key(target)[:8])
         else:
             self._sink = JsonLinesSink(json_lines_path(target.json_lines.path, store.data_dir))
+
+    async def start_cursor(self) -> None:
+        """Where this target starts: the end of the log for a new one (call before any event of
+        its monitor can be stored), where it got to for a known one."""
+        await self._store.delivery_cursor(self._key, await self._store.last_cursor())
 
     async def run(self) -> None:
         try:
             await self._sink.start(self._texts)
         except Exception as exc:  # noqa: BLE001  (a broker that is down now is retried per event)
             LOG.warning("%s: %s (events will be retried)", self.name, exc)
-        cursor = await self._store.delivery_cursor(self._key, await self._store.last_cursor())
+        failures = 0
         try:
             while True:
-                mark = self._changes.mark()
-                events = await self._store.events_after(cursor, EventFilter(monitor_id=self._monitor_id), 100)
-                for event in events:
-                    await self._deliver(event)
-                    cursor = event.cursor
-                    await self._store.set_delivery_cursor(self._key, cursor)
-                if not events:
-                    if self._finishing:
+                try:
+                    if await self._deliver_stored():
                         return
-                    await self._changes.wait(mark)
+                    failures = 0
+                except (ServiceError, OSError) as exc:  # the store is unreachable: wait, then go on
+                    failures += 1
+                    LOG.warning("%s: %s; retrying", self.name, exc)
+                    await asyncio.sleep(min(MAX_BACKOFF_SECONDS, self._backoff * 2 ** min(failures, 10)))
         finally:
             await asyncio.shield(self._sink.close())
+
+    async def _deliver_stored(self) -> bool:
+        """Deliver what is stored after the cursor, or wait for more; True once finishing and done."""
+        cursor = await self._store.delivery_cursor(self._key, await self._store.last_cursor())
+        mark = self._changes.mark()
+        events = await self._store.events_after(cursor, EventFilter(monitor_id=self._monitor_id), 100)
+        for event in events:
+            await self._deliver(event)
+            await self._store.set_delivery_cursor(self._key, event.cursor)
+        if events:
+            return False
+        if self._finishing:
+            return True
+        await self._changes.wait(mark)
+        return False
 
     def finish(self) -> None:
         """End once every event stored so far is delivered (or dead-lettered)."""

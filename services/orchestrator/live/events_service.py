@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from anyanomaly.v1 import common_pb2, events_pb2, events_pb2_grpc
 
-from services.common.errors import InvalidInput, NotFound, echo
+from services.common.errors import InvalidInput, NotFound, NotReady, echo
 from services.common.server import RpcContext
 from services.orchestrator.live.access import LiveAccess
 from services.orchestrator.live.recorder import EVIDENCE_FILES
@@ -17,7 +18,7 @@ WATCH_BATCH = 500
 
 
 def _cursor_token(token: str) -> int:
-    if token and not token.isdigit():
+    if token and not (token.isascii() and token.isdigit() and len(token) <= 18):
         raise InvalidInput(f"page_token {echo(token)} is not one this service returned")
     return int(token or 0)
 
@@ -55,6 +56,8 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
                 yield event
             if events:
                 cursor = events[-1].cursor
+            elif live.changes.closed:  # stopping: the subscriber reconnects (elsewhere) from its cursor
+                raise NotReady(f"the orchestrator is stopping; watch again after cursor {cursor}")
             else:
                 await live.changes.wait(mark)
 
@@ -65,10 +68,13 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         if evidence is None:
             raise NotFound(f"event {request.event_id} has no evidence: none was taken, or the retention budget "
                            "removed it")
-        try:
-            images = {p.stem: p.read_bytes() for p in evidence.directory.iterdir() if p.stem in EVIDENCE_FILES}
-        except FileNotFoundError:  # removed by the retention budget since the query
-            images = {}
+        def read() -> dict[str, bytes]:  # off the event loop: the evidence volume may be slow
+            try:
+                return {p.stem: p.read_bytes() for p in evidence.directory.iterdir() if p.stem in EVIDENCE_FILES}
+            except FileNotFoundError:  # removed by the retention budget since the query
+                return {}
+
+        images = await asyncio.to_thread(read)
         if len(images) != len(EVIDENCE_FILES):
             raise NotFound(f"the evidence of event {request.event_id} was removed")
         key, position, temporal = (common_pb2.Image(data=images[name]) for name in EVIDENCE_FILES)

@@ -114,6 +114,7 @@ class LiveFeed:
                 continue
             self.status.state, self.status.reason = FeedState.LIVE, ""
             self.status.connects += 1
+            frames_before = self.status.frames_read
             try:
                 ended = self._read_all(source)
             except FrameTooLarge as exc:
@@ -131,7 +132,10 @@ class LiveFeed:
                 continue
             finally:
                 source.close()
-            attempt = self._retry_later(0, "the stream ended") if ended and not self.plan.loop else 0
+            if ended and self.status.frames_read == frames_before:  # opens, but has no frame: do not spin
+                attempt = self._retry_later(attempt, "the source has no frames")
+            else:
+                attempt = self._retry_later(0, "the stream ended") if ended and not self.plan.loop else 0
         self.status.state = FeedState.STOPPED
         self._wake()
 

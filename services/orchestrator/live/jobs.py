@@ -18,7 +18,15 @@ from dataclasses import replace
 
 from anyanomaly.v1 import jobs_pb2, jobs_pb2_grpc, orchestrator_pb2
 
-from services.common.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound, ServiceError, echo
+from services.common.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    ServiceError,
+    echo,
+)
 from services.common.server import RpcContext
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.live.access import LiveAccess
@@ -29,6 +37,7 @@ from services.orchestrator.messages import outcome_from_proto, to_proto
 from services.orchestrator.pipeline import Detector, SegmentOutcome, Started, Summary
 from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, media_roots
 from services.orchestrator.sources import open_threaded
+from services.orchestrator.store.database import StoreUnavailable
 from services.orchestrator.store.store import Store, now_ms
 
 LOG = logging.getLogger(__name__)
@@ -54,7 +63,7 @@ def page_after(token: str) -> tuple[int, str] | None:
     if not token:
         return None
     created, _, job_id = token.partition("/")
-    if not created.isdigit() or not job_id:
+    if not (created.isascii() and created.isdigit() and len(created) <= 18) or not job_id:
         raise InvalidInput(f"page_token {echo(token)} is not one this service returned")
     return int(created), job_id
 
@@ -86,7 +95,7 @@ class JobRunner:
     async def cancel(self, job_id: str) -> None:
         task = self._tasks.get(job_id)
         if task is None:
-            await self._store.update_job(job_id, state=jobs_pb2.JOB_STATE_CANCELLED)
+            await self._store.update_job(job_id, unfinished_only=True, state=jobs_pb2.JOB_STATE_CANCELLED)
             return
         self._cancelled.add(job_id)
         task.cancel()
@@ -108,6 +117,8 @@ class JobRunner:
         try:
             async with self._slots:
                 await self._run(job_id, resumed)
+        except StoreUnavailable as exc:  # nothing can be written now; the next start resumes it
+            LOG.error("job %s stopped: %s", job_id, exc)
         except asyncio.CancelledError:
             if job_id in self._cancelled:
                 self._cancelled.discard(job_id)
@@ -120,7 +131,7 @@ class JobRunner:
             await self._finish(job_id, jobs_pb2.JOB_STATE_FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
     async def _finish(self, job_id: str, state: jobs_pb2.JobState.ValueType, error: str) -> None:
-        await asyncio.shield(self._store.update_job(job_id, state=state, error=error))
+        await asyncio.shield(self._store.update_job(job_id, unfinished_only=True, state=state, error=error))
         self._changes.notify()
 
     async def _run(self, job_id: str, resumed: bool) -> None:
@@ -161,10 +172,7 @@ class JobRunner:
             await self._store.add_segment(job_id, update.index, to_proto(update).SerializeToString(), events)
         else:
             closing = plain_events(engine.finish(), Owner(job_id=job_id), update.segments)
-            if closing:
-                await self._store.add_events(closing)
-            await self._store.update_job(job_id, summary=to_proto(update).SerializeToString(),
-                                         state=jobs_pb2.JOB_STATE_SUCCEEDED, error="")
+            await self._store.finish_job(job_id, to_proto(update).SerializeToString(), closing)
         self._changes.notify()
 
 
@@ -235,4 +243,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                 raise FailedPrecondition(f"job {job.job_id} failed: {job.error}")
             if job.state == jobs_pb2.JOB_STATE_CANCELLED:
                 raise Cancelled(f"job {job.job_id} was cancelled")
+            if live.changes.closed:
+                raise NotReady(f"the orchestrator is stopping; watch job {job.job_id} again from segment "
+                               f"{next_segment}")
             await live.changes.wait(mark)

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from anyanomaly.v1 import monitors_pb2, monitors_pb2_grpc
+from anyanomaly.v1 import events_pb2, monitors_pb2, monitors_pb2_grpc
 
 from services.common.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError, echo
 from services.common.server import RpcContext
@@ -32,7 +32,8 @@ from services.orchestrator.live.recorder import EventRecorder, Owner, plain_even
 from services.orchestrator.pipeline import Detector, SegmentOutcome, Summary
 from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, media_roots
 from services.orchestrator.sources import STREAM_SCHEMES, open_source
-from services.orchestrator.store.store import Store, now_ms
+from services.orchestrator.store.database import StoreUnavailable, redact
+from services.orchestrator.store.store import NewEvent, Store, now_ms
 
 LOG = logging.getLogger(__name__)
 MAX_SAMPLE_FPS = 240.0
@@ -44,12 +45,15 @@ STATES = {FeedState.CONNECTING: monitors_pb2.MONITOR_STATE_CONNECTING, FeedState
 
 
 def public_spec(spec: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:
-    """The spec without secrets (webhook keys are write-only)."""
+    """The spec without secrets (webhook keys are write-only, URL passwords are masked)."""
     shown = monitors_pb2.MonitorSpec()
     shown.CopyFrom(spec)
     for target in shown.targets:
         if target.HasField("webhook"):
             target.webhook.secret = ""
+            target.webhook.url = redact(target.webhook.url)
+        if target.HasField("mqtt"):
+            target.mqtt.url = redact(target.mqtt.url)
     return shown
 
 
@@ -73,9 +77,9 @@ class MonitorRunner:
 
     # Life cycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Deliver the monitor's events and, unless it is paused, read and score its source."""
-        self._start_deliveries()
+        await self._start_deliveries()
         if not self.paused:
             self.start_reading()
 
@@ -93,11 +97,14 @@ class MonitorRunner:
         self._failure = ""
         self._start_detection()
 
-    def _start_deliveries(self) -> None:
+    async def _start_deliveries(self) -> None:
         services, settings = self._services, self._services.settings
-        workers = [DeliveryWorker(services.store, services.changes, self.snapshot(), target, settings.webhook_attempts,
-                                  settings.webhook_backoff_seconds, settings.webhook_timeout_seconds)
-                   for target in self.spec.targets]
+        texts = checked_texts(self.spec.texts, self.spec.options, settings.max_texts)  # as detected: split
+        workers = [DeliveryWorker(services.store, services.changes, self.snapshot(), texts, target,
+                                  settings.webhook_attempts, settings.webhook_backoff_seconds,
+                                  settings.webhook_timeout_seconds) for target in self.spec.targets]
+        for worker in workers:  # before any event of this detection can be stored
+            await worker.start_cursor()
         self._deliveries = [(worker, asyncio.create_task(worker.run())) for worker in workers]
 
     def _start_detection(self) -> None:
@@ -145,7 +152,7 @@ class MonitorRunner:
         self.spec = spec
         if targets_changed:
             await self._stop_deliveries()
-            self._start_deliveries()
+            await self._start_deliveries()
         if self.paused or self._feed is None:
             return
         length = detect_params(spec.options, self._services.settings).segment_length
@@ -166,7 +173,7 @@ class MonitorRunner:
             try:
                 await self._detect()
                 return
-            except DependencyUnavailable as exc:
+            except (DependencyUnavailable, StoreUnavailable) as exc:
                 self._problem = f"waiting for a service: {exc}"
             except ServiceError as exc:  # e.g. a frame above the size limit: retrying will not help
                 self._failure = str(exc)
@@ -193,8 +200,8 @@ class MonitorRunner:
             self._engine = EventEngine(rules_from_proto(self.spec.rules, texts))
         engine = self._engine
         budget = (self.spec.evidence_budget_bytes or settings.evidence_budget_mb << 20)
-        recorder = EventRecorder(services.store, Owner(monitor_id=self.monitor_id), budget,
-                                 self.spec.evidence_days or settings.evidence_days)
+        owner = Owner(monitor_id=self.monitor_id, run=uuid.uuid4().hex[:8])
+        recorder = EventRecorder(services.store, owner, budget, self.spec.evidence_days or settings.evidence_days)
         async for update in services.detector.detect(self._feed, texts, params, live=True):
             if isinstance(update, SegmentOutcome):
                 self._problem = ""
@@ -202,8 +209,8 @@ class MonitorRunner:
                 self._last_segment_wall_ms = update.wall_ms
                 self._lag_seconds = max(0.0, time.time() - update.wall_ms / 1000)
                 events = await recorder.record(engine, update, engine.observe(update))
-                if events:
-                    await services.store.add_events(events)
+                if events:  # stored even when a pause cancels this detection now: no CLOSE without its OPEN
+                    await asyncio.shield(services.store.add_events(events))
                     services.changes.notify()
             elif isinstance(update, Summary):
                 return
@@ -217,6 +224,9 @@ class MonitorRunner:
             events = plain_events(closing, Owner(monitor_id=self.monitor_id), self._segments_scored)
             await asyncio.shield(self._services.store.add_events(events))
             self._services.changes.notify()
+
+    def fail(self, reason: str) -> None:
+        self._failure = reason
 
     # Reporting --------------------------------------------------------------------------------
 
@@ -249,13 +259,31 @@ class MonitorRunners:
         self._lock = asyncio.Lock()  # one change to the set of monitors at a time
 
     async def resume(self) -> None:
+        """Start the stored monitors; events a crash left open close first."""
         for monitor_id, spec, paused, created, updated in await self.store.monitors():
+            unclosed = await self.store.unclosed_events(monitor_id)
+            if unclosed:
+                await self.store.add_events([closed_after_restart(event) for event in unclosed])
             runner = MonitorRunner(monitor_id, spec, paused, created, updated, self)
             self._runners[monitor_id] = runner
-            runner.start()
+            try:
+                await runner.start()
+            except Exception:  # one broken monitor must not keep the orchestrator from starting
+                LOG.exception("monitor %s could not start", monitor_id)
+                runner.fail("could not start; see the orchestrator's log")
 
     async def close(self) -> None:
         await asyncio.gather(*(runner.stop() for runner in self._runners.values()))
+        self._runners.clear()
+
+    def evidence_budget(self, owner: str) -> int:
+        """A monitor's own evidence budget in bytes; 0 for the default (or not a monitor)."""
+        runner = self._runners.get(owner)
+        return runner.spec.evidence_budget_bytes if runner is not None else 0
+
+    def evidence_days(self, owner: str) -> float:
+        runner = self._runners.get(owner)
+        return runner.spec.evidence_days if runner is not None else 0.0
 
     def get(self, monitor_id: str) -> MonitorRunner:
         runner = self._runners.get(monitor_id)
@@ -303,7 +331,7 @@ class MonitorRunners:
             await self.store.save_monitor(monitor_id, spec, False, created)
             runner = MonitorRunner(monitor_id, spec, False, created, created, self)
             self._runners[monitor_id] = runner
-            runner.start()
+            await runner.start()
             return runner.snapshot()
 
     async def update(self, monitor_id: str, spec: monitors_pb2.MonitorSpec) -> monitors_pb2.Monitor:
@@ -336,10 +364,20 @@ class MonitorRunners:
             runner = self.get(monitor_id)
             await runner.stop(DELETE_DRAIN_SECONDS)  # its last events (the closes) still go out
             await self.store.delete_monitor(monitor_id)
+            await self.store.expire_evidence(monitor_id, 0, now_ms() + 1)  # all of its pictures
             del self._runners[monitor_id]
             shown = runner.snapshot()
             shown.state = monitors_pb2.MONITOR_STATE_PAUSED
             return shown
+
+
+def closed_after_restart(event: events_pb2.Event) -> NewEvent:
+    """The CLOSE of an event that was open when the orchestrator stopped without closing it."""
+    closed = events_pb2.Event()
+    closed.CopyFrom(event)
+    closed.phase, closed.cursor, closed.has_evidence = events_pb2.EVENT_PHASE_CLOSE, 0, False
+    closed.created_ms = now_ms()
+    return NewEvent(closed, 0)
 
 
 def _keep_secrets(new: monitors_pb2.MonitorSpec, old: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:

@@ -14,7 +14,12 @@ from services.common.waiting import wait_event
 class Changes:
     def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
+        self.closed = False  # the orchestrator is stopping: watchers end their streams
         self._event = asyncio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self.notify()
 
     def notify(self) -> None:
         self._event.set()

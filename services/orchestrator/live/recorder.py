@@ -26,6 +26,7 @@ EVIDENCE_FILES = ("key_frame", "position_context", "temporal_context")
 class Owner:
     monitor_id: str = ""
     job_id: str = ""
+    run: str = ""  # a monitor's detection run: its segment numbers start again at 0
 
     @property
     def key(self) -> str:
@@ -53,7 +54,8 @@ def _event(change: EventChange, owner: Owner) -> events_pb2.Event:
 def evidence_id(owner: Owner, change: EventChange) -> str:
     """The id of the evidence of `change`'s peak (the peak segment's images for its text)."""
     text_key = hashlib.sha256(change.text.encode()).hexdigest()[:12]
-    return f"{owner.key}:{change.peak.segment}:{text_key}"
+    return f"{owner.key}:{owner.run}:{change.peak.segment}:{text_key}" if owner.run else \
+        f"{owner.key}:{change.peak.segment}:{text_key}"
 
 
 def plain_events(changes: list[EventChange], owner: Owner, segment: int) -> list[NewEvent]:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from services.common.errors import ServiceError
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -26,6 +31,12 @@ DIALECTS = {
 
 class DuplicateKey(Exception):
     """A row with this key exists already (e.g. a segment stored twice)."""
+
+
+class StoreUnavailable(ServiceError):
+    """The database cannot be reached (or stays locked); the next call connects again."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class Cursor(Protocol):
@@ -74,8 +85,9 @@ class Database:
     def __init__(self, connect: Callable[[], Any], dialect: str, where: str) -> None:
         self.dialect = dialect
         self.where = where  # for messages, without credentials
+        self._connect = connect
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{dialect}-db")
-        self._connection = self._executor.submit(connect).result()
+        self._connection: Any = self._executor.submit(connect).result()
         self._lock = threading.Lock()
 
     @contextmanager
@@ -104,15 +116,28 @@ class Database:
 
     def _in_transaction(self, work: Callable[[Transaction], T]) -> T:
         try:
+            if self._connection is None:  # lost by an earlier call
+                self._connection = self._connect()
             with self.transaction() as transaction:
                 return work(transaction)
         except Exception as exc:
-            if any(kind.__name__ == "IntegrityError" for kind in type(exc).__mro__):  # sqlite3's or psycopg's
+            kinds = {kind.__name__ for kind in type(exc).__mro__}  # sqlite3's or psycopg's
+            if "IntegrityError" in kinds:
                 raise DuplicateKey(str(exc)) from exc
+            if kinds & {"OperationalError", "InterfaceError"}:
+                if self.dialect == "postgres":
+                    self._drop_connection()
+                raise StoreUnavailable(f"the database at {self.where} is unavailable: {exc}") from exc
             raise
 
+    def _drop_connection(self) -> None:
+        with contextlib.suppress(Exception):
+            self._connection.close()
+        self._connection = None
+
     def close(self) -> None:
-        self._executor.submit(self._connection.close).result()
+        if self._connection is not None:
+            self._executor.submit(self._connection.close).result()
         self._executor.shutdown(wait=True)
 
 

@@ -3,6 +3,7 @@ writes, each call one transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Sequence
@@ -119,12 +120,24 @@ class Store:
             f"{_JOB_COLUMNS} WHERE {where} ORDER BY created_ms, job_id LIMIT ?", (*params, limit)))
         return [_job(row) for row in rows]
 
-    async def update_job(self, job_id: str, **fields: Any) -> None:
-        """Set columns (state, error, num_frames, segment_length, restarts, started, summary)."""
+    async def update_job(self, job_id: str, unfinished_only: bool = False, **fields: Any) -> None:
+        """Set columns (state, error, num_frames, segment_length, restarts, started, summary);
+        `unfinished_only`: only while the job is queued or running (a cancel never overwrites an end)."""
         assignments = ", ".join(f"{name} = ?" for name in fields)
+        condition = f" AND state IN ({jobs_pb2.JOB_STATE_QUEUED}, {jobs_pb2.JOB_STATE_RUNNING})" \
+            if unfinished_only else ""
         await self.database.run(lambda t: t.execute(
-            f"UPDATE jobs SET {assignments}, updated_ms = ? WHERE job_id = ?",
+            f"UPDATE jobs SET {assignments}, updated_ms = ? WHERE job_id = ?{condition}",
             (*fields.values(), now_ms(), job_id)))
+
+    async def finish_job(self, job_id: str, summary: bytes, events: Sequence[NewEvent]) -> None:
+        """The closing events and the summary together: a crash between them would store the
+        closes twice when the job resumes."""
+        def work(t: Transaction) -> None:
+            self._insert_events(t, events)
+            t.execute("UPDATE jobs SET summary = ?, state = ?, error = '', updated_ms = ? WHERE job_id = ?",
+                      (summary, jobs_pb2.JOB_STATE_SUCCEEDED, now_ms(), job_id))
+        await self.database.run(work)
 
     async def job_blobs(self, job_id: str) -> tuple[bytes | None, bytes | None]:
         """The job's stored Started and Summary updates."""
@@ -222,6 +235,14 @@ class Store:
             "WHERE events.job_id = ? AND events.segment >= ? ORDER BY events.cursor", (job_id, first_segment)))
         return [(int(row[0]), _event(row[1:])) for row in rows]
 
+    async def unclosed_events(self, monitor_id: str) -> list[events_pb2.Event]:
+        """The latest phase of each of the monitor's events that never closed (a crash)."""
+        def work(t: Transaction) -> list[Any]:
+            return t.all(f"{_EVENT_COLUMNS} WHERE events.monitor_id = ? AND events.cursor IN (SELECT MAX(cursor) "
+                         "FROM events WHERE monitor_id = ? GROUP BY event_id) AND events.phase != ? "
+                         "ORDER BY events.cursor", (monitor_id, monitor_id, events_pb2.EVENT_PHASE_CLOSE))
+        return [_event(row) for row in await self.database.run(work)]
+
     async def last_cursor(self) -> int:
         row = await self.database.run(lambda t: t.one("SELECT MAX(cursor) FROM events"))
         return int(row[0]) if row and row[0] is not None else 0
@@ -251,9 +272,13 @@ class Store:
         """Write an evidence folder (the files first, then the row that makes them visible)."""
         relative = f"{owner}/{evidence_id.replace(':', '-')}"
         directory = self.evidence_dir / relative
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, data in images.items():
-            (directory / name).write_bytes(data)
+
+        def write() -> None:  # off the event loop: the evidence volume may be slow
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, data in images.items():
+                (directory / name).write_bytes(data)
+
+        await asyncio.to_thread(write)
         size = sum(len(data) for data in images.values())
         await self.database.run(lambda t: t.execute(
             "INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -275,9 +300,25 @@ class Store:
                 t.execute("DELETE FROM evidence WHERE evidence_id = ?", (evidence_id,))
             return doomed
         doomed = await self.database.run(work)
-        for _, directory, _ in doomed:  # rows first: a reader never finds a row without its files
-            shutil.rmtree(self.evidence_dir / directory, ignore_errors=True)
+        # Rows first: a reader never finds a row without its files.
+        def remove() -> None:
+            for _, directory, _ in doomed:
+                shutil.rmtree(self.evidence_dir / directory, ignore_errors=True)
+
+        await asyncio.to_thread(remove)
         return sum(size for _, _, size in doomed)
+
+    async def evidence_owners(self) -> list[str]:
+        return [row[0] for row in await self.database.run(lambda t: t.all("SELECT DISTINCT owner FROM evidence"))]
+
+    async def forget_before(self, before_ms: int) -> int:
+        """Remove events and dead letters stored before `before_ms`; how many events."""
+        def work(t: Transaction) -> int:
+            row = t.one("SELECT COUNT(*) FROM events WHERE created_ms < ?", (before_ms,))
+            t.execute("DELETE FROM events WHERE created_ms < ?", (before_ms,))
+            t.execute("DELETE FROM dead_letters WHERE created_ms < ?", (before_ms,))
+            return int(row[0]) if row else 0
+        return await self.database.run(work)
 
     async def evidence_bytes(self, owner: str) -> int:
         row = await self.database.run(lambda t: t.one("SELECT SUM(bytes) FROM evidence WHERE owner = ?", (owner,)))
