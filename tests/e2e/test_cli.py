@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +10,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import expected
-from tests.helpers.cli import ANYANOMALY, run
+from tests.helpers.cli import run, serving
 from tests.helpers.fake_openai_server import FakeOpenAIServer
 from tests.helpers.fixtures import REPO_ROOT, avenue_clip
-from tests.helpers.processes import die_with_this_process
 from tests.helpers.scripted_lvlm import ScriptedLVLM
 
 SEGMENT_KEYS = {"index", "start_frame", "end_frame", "key_frames", "scores", "max_fused"}
@@ -104,22 +101,8 @@ def test_detect_without_texts_is_a_usage_error() -> None:
 @pytest.fixture(scope="module")
 def served() -> Iterator[str]:
     """`anyanomaly serve --models tiny` in the background; yields the orchestrator address."""
-    process = subprocess.Popen([ANYANOMALY, "serve", "--models", "tiny", "--port", "0"], cwd=REPO_ROOT, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_this_process)
-    assert process.stdout is not None
-    addresses = {}
-    for line in process.stdout:
-        if line.startswith("ready"):
-            break
-        name, _, address = line.partition(" ")
-        addresses[name] = address.strip()
-    try:
-        assert set(addresses) >= {"clip_service", "context_service", "lvlm_service", "orchestrator"}
+    with serving("--models", "tiny", "--port", "0") as addresses:
         yield addresses["orchestrator"]
-    finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        out, _ = process.communicate(timeout=60)
-        assert process.returncode == 0 and "stopped" in out
 
 
 def test_detect_against_a_served_stack(served: str, tmp_path: Path) -> None:

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.cli import ANYANOMALY, run
+from tests.helpers.cli import ANYANOMALY, run, serving
 from tests.helpers.detect import frame_folder
 from tests.helpers.fake_openai_server import FakeOpenAIServer
-from tests.helpers.fixtures import REPO_ROOT
 from tests.helpers.processes import die_with_this_process
 from tests.helpers.scripted_lvlm import ScriptedLVLM
 
@@ -30,24 +29,10 @@ def lines(output: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     data_dir = tmp_path_factory.mktemp("data")
-    with FakeOpenAIServer(answer=ScriptedLVLM()) as lvlm:
-        process = subprocess.Popen(
-            [ANYANOMALY, "serve", "--models", "tiny", "--port", "0", "--data-dir", str(data_dir), "--lvlm-url",
-             lvlm.url, "--lvlm-model", lvlm.model], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, preexec_fn=die_with_this_process)
-        assert process.stdout is not None
-        addresses = {}
-        for line in process.stdout:
-            if line.startswith("ready"):
-                break
-            name, _, address = line.partition(" ")
-            addresses[name] = address.strip()
-        try:
-            yield addresses["orchestrator"], data_dir
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.communicate(timeout=60)
-            assert process.returncode == 0
+    with FakeOpenAIServer(answer=ScriptedLVLM()) as lvlm, serving(
+            "--models", "tiny", "--port", "0", "--data-dir", str(data_dir), "--lvlm-url", lvlm.url, "--lvlm-model",
+            lvlm.model) as addresses:
+        yield addresses["orchestrator"], data_dir
 
 
 def test_jobs_and_their_events_from_the_command_line(served: tuple[str, Path], tmp_path: Path) -> None:
