@@ -1,0 +1,112 @@
+"""The Kubernetes manifests, without a cluster: every overlay renders with `kubectl kustomize`,
+validates strictly against the Kubernetes schemas of a pinned version, and keeps the policies a
+cluster operator expects (probes, limits, non-root, GPU, disruption budgets, network policy)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.helpers.fixtures import REPO_ROOT
+
+KUBERNETES_VERSION = "1.32.0"
+OVERLAYS = sorted((REPO_ROOT / "k8s" / "overlays").iterdir())
+PORTS = {"orchestrator": 50050, "clip": 50051, "context": 50052, "lvlm": 50053}
+
+
+def render(overlay: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) is needed to render the manifests"
+    done = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return [document for document in yaml.safe_load_all(done.stdout) if document]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS, ids=lambda p: p.name)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    overlay: Path = request.param
+    return overlay.name, render(overlay)
+
+
+def of_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def test_there_are_the_two_overlays() -> None:
+    assert [p.name for p in OVERLAYS] == ["dev-cpu", "prod-gpu"]
+
+
+def test_every_resource_validates_strictly(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, resources = rendered
+    for resource in resources:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_service_is_deployed_probed_and_reachable(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, resources = rendered
+    deployments, services = of_kind(resources, "Deployment"), of_kind(resources, "Service")
+    assert set(deployments) == set(services) == set(PORTS)
+    for name, port in PORTS.items():
+        assert services[name]["spec"]["ports"][0]["port"] == port
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == port, (name, probe)  # the native gRPC probe
+
+
+def test_pods_are_locked_down_and_sized(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, resources = rendered
+    for name, deployment in of_kind(resources, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False  # no API access where none is used
+        assert pod["terminationGracePeriodSeconds"] > 30  # longer than the services' 30 s drain
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]) <= set(
+                container["resources"]["limits"]), (name, container["name"])
+
+
+def test_every_deployment_has_a_disruption_budget(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, resources = rendered
+    budgets = of_kind(resources, "PodDisruptionBudget")
+    for name, deployment in of_kind(resources, "Deployment").items():
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert budgets[name]["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_the_lvlm_pod_gets_its_gpu_only_in_production(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, resources = rendered
+    pod = of_kind(resources, "Deployment")["lvlm"]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    if overlay == "prod-gpu":
+        vllm = containers["vllm"]
+        assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert any(m["mountPath"] == "/dev/shm" for m in vllm["volumeMounts"])
+        assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+        assert "--openai-url" in containers["lvlm"]["args"]  # lvlm_service in front of vLLM on localhost
+        assert of_kind(resources, "Deployment")["lvlm"]["spec"]["replicas"] == 2
+    else:
+        assert set(containers) == {"lvlm"} and "nvidia.com/gpu" not in str(pod)
+        assert containers["lvlm"]["args"][-2:] == ["--models", "tiny"]
+
+
+def test_network_policies_allow_only_the_pipelines_calls(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, resources = rendered
+    policies = list(of_kind(resources, "NetworkPolicy").values())
+    allowed: dict[str, set[str]] = {}
+    for policy in policies:
+        target = policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name", "*")
+        for rule in policy["spec"].get("ingress", []):
+            sources = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule.get("from", [])}
+            allowed.setdefault(target, set()).update(sources or {"anyone"})
+    assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies)  # deny the rest
+    assert allowed == {"orchestrator": {"anyone"}, "clip": {"orchestrator", "context"},
+                       "context": {"orchestrator"}, "lvlm": {"orchestrator"}}
