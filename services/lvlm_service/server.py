@@ -11,6 +11,7 @@ from services.common.errors import InvalidInput
 from services.common.presets import get_preset
 from services.common.server import RpcContext, ServiceSpec
 from services.common.validation import validate_max_tokens
+from services.lvlm_service import metrics
 from services.lvlm_service.backends.base import Backend
 from services.lvlm_service.config import LvlmSettings
 from services.lvlm_service.engine import Item, LvlmEngine, Parser, ScoreParams
@@ -94,6 +95,9 @@ def make_backend(settings: LvlmSettings) -> Backend:
 
 def build_service(settings: LvlmSettings, backend: Backend | None = None) -> tuple[ServiceSpec, LvlmEngine]:
     engine = LvlmEngine(settings, backend or make_backend(settings))
+    queued = engine.backend
+    if hasattr(queued, "pending") and hasattr(queued, "waiting"):  # a backend that queues in front of a server
+        metrics.watch_queue(settings.backend, lambda: queued.pending, lambda: queued.waiting)
     spec = ServiceSpec(
         name="lvlm_service",
         service_names=[SERVICE_NAME],

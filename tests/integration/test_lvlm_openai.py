@@ -3,6 +3,7 @@ OpenAI-compatible HTTP server standing in for `vllm serve`, which needs a GPU)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 from typing import Any
@@ -11,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
+from prometheus_client import REGISTRY
 
 from services.common.clients import open_channel
 from services.common.images import encode_jpeg, encode_png, header_size
@@ -225,3 +227,31 @@ async def test_the_model_presets_bound_decides_when_none_is_set(fake: FakeOpenAI
         await lvlm.shutdown(1.0)
     ((width, height),) = received_sizes(fake)
     assert 1280 * 28 * 28 >= width * height >= 950_000 and (width, height) != (1920, 1080)
+
+
+async def test_requests_held_back_by_the_concurrency_limit_are_exported_as_waiting(fake: FakeOpenAIServer) -> None:
+    # The autoscaler adds these to vLLM's num_requests_waiting, which never sees them.
+    inside = threading.Semaphore(0)
+    release = threading.Event()
+
+    def answer(request: dict[str, Any]) -> Reply:
+        inside.release()
+        release.wait(30)
+        return Reply()
+
+    fake.answer = answer
+    lvlm = await openai_lvlm(fake, max_concurrency=2)
+    try:
+        scoring = asyncio.ensure_future(score(lvlm.address, segment_items(["running", "bicycle"])))  # 6 calls
+        for _ in range(2):
+            assert await asyncio.to_thread(inside.acquire, True, 30)
+        pending = REGISTRY.get_sample_value("anyanomaly_lvlm_requests_pending", {"backend": "openai"})
+        waiting = REGISTRY.get_sample_value("anyanomaly_lvlm_requests_waiting", {"backend": "openai"})
+        assert (pending, waiting) == (6, 4)  # two at the server, four held back
+        release.set()
+        await scoring
+        assert REGISTRY.get_sample_value("anyanomaly_lvlm_requests_pending", {"backend": "openai"}) == 0
+        assert REGISTRY.get_sample_value("anyanomaly_lvlm_requests_waiting", {"backend": "openai"}) == 0
+    finally:
+        release.set()
+        await lvlm.shutdown(1.0)

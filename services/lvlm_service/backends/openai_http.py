@@ -117,6 +117,7 @@ class OpenAIBackend:
         self._limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
         self._client: httpx.AsyncClient | None = None
         self.pending = 0  # prompts accepted and not yet answered (in flight + waiting)
+        self.in_flight = 0  # requests at the LVLM server now
 
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -127,6 +128,11 @@ class OpenAIBackend:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+    @property
+    def waiting(self) -> int:
+        """Accepted, not at the server: the queue the server's own waiting count never sees."""
+        return self.pending - self.in_flight
 
     def info(self) -> BackendInfo:
         return BackendInfo("openai", self.model, self.base_url, "", False)
@@ -163,6 +169,7 @@ class OpenAIBackend:
                 started = time.perf_counter()
                 result.queue_seconds += started - queued
                 unreachable = False
+                self.in_flight += 1
                 try:
                     response = await self._client.post("/chat/completions", json=body)
                     error = "" if response.status_code == 200 else (
@@ -174,6 +181,7 @@ class OpenAIBackend:
                 except httpx.TransportError as exc:  # e.g. a dropped keep-alive connection
                     error = f"the connection to the LVLM server broke: {exc!r}"
                 finally:
+                    self.in_flight -= 1
                     result.engine_seconds += time.perf_counter() - started
             transient = response is None or response.status_code in RETRYABLE_STATUS
             if not error or not transient or attempt == self._retries:
