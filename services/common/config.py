@@ -71,6 +71,9 @@ class ServerSettings:
     keepalive_seconds: float = setting(KEEPALIVE_SECONDS, "HTTP/2 keepalive ping interval of this service's client "
                                        "channels (every server accepts pings every 10 s or more)",
                                        minimum=MIN_KEEPALIVE_SECONDS)
+    max_connection_age_seconds: float = setting(300.0, "a client connection older than this is asked (GOAWAY) to "
+                                                "reconnect, so long-lived clients spread over new replicas; calls "
+                                                "in progress finish; 0: never", minimum=0.0)
     metrics_port: int = setting(0, "serve Prometheus metrics on this port; 0 disables")
     log_level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "log line format", choices=("json", "text"))

@@ -94,9 +94,13 @@ class RunningServer:
         log.info("stopped")
 
 
-def server_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SECONDS) -> list[tuple[str, int]]:
+def server_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SECONDS,
+                   max_connection_age_seconds: float = 0.0) -> list[tuple[str, int]]:
     size = max_message_mb * 1024 * 1024
-    return [
+    # After this age a connection gets GOAWAY: new calls go over a new connection (to whatever
+    # replicas exist now); no grace limit is set, so streams in progress (a detection, a watch) go on.
+    age = [("grpc.max_connection_age_ms", int(max_connection_age_seconds * 1000))] if max_connection_age_seconds else []
+    return [*age,
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
@@ -120,7 +124,8 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
     """Bind and start the server; readiness follows asynchronously (see RunningServer)."""
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(spec.name)],
-        options=server_options(settings.max_message_mb, settings.keepalive_seconds),
+        options=server_options(settings.max_message_mb, settings.keepalive_seconds,
+                               settings.max_connection_age_seconds),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     spec.register(server)

@@ -4,11 +4,14 @@ cluster operator expects (probes, limits, non-root, GPU, disruption budgets, net
 
 from __future__ import annotations
 
+import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -20,12 +23,48 @@ OVERLAYS = sorted((REPO_ROOT / "k8s" / "overlays").iterdir())
 PORTS = {"orchestrator": 50050, "clip": 50051, "context": 50052, "lvlm": 50053}
 
 
+CRDS = REPO_ROOT / "tests" / "data" / "crds"
+
+
 def render(overlay: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl (with kustomize) is needed to render the manifests"
     done = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     return [document for document in yaml.safe_load_all(done.stdout) if document]
+
+
+def closed(schema: Any) -> Any:
+    """A CRD's schema with unknown fields refused, as kubectl's strict field validation does."""
+    if isinstance(schema, dict):
+        schema = {key: closed(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema and \
+                not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [closed(item) for item in schema]
+    return schema
+
+
+def crd_schemas() -> dict[tuple[str, str], Any]:
+    """{(apiVersion, kind): schema} of the vendored CRDs (tests/data/crds, sources named there)."""
+    schemas = {}
+    for path in CRDS.glob("*.yaml"):
+        crd = next(d for d in yaml.safe_load_all(path.read_text()) if d)
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = closed(version["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+def validate(resources: list[dict[str, Any]]) -> None:
+    custom = crd_schemas()
+    for resource in resources:
+        key = (resource["apiVersion"], resource["kind"])
+        if key in custom:
+            jsonschema.validate(resource, custom[key])
+        else:
+            kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
 
 
 @pytest.fixture(scope="module", params=OVERLAYS, ids=lambda p: p.name)
@@ -44,8 +83,54 @@ def test_there_are_the_two_overlays() -> None:
 
 def test_every_resource_validates_strictly(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, resources = rendered
-    for resource in resources:
-        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    validate(resources)
+
+
+def test_a_misspelt_field_fails_validation(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, resources = rendered
+    deployment = copy.deepcopy(of_kind(resources, "Deployment")["lvlm"])
+    deployment["spec"]["replica"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate([deployment])
+    scaled = [copy.deepcopy(r) for r in resources if r["kind"] == "ScaledObject"]
+    for resource in scaled:
+        resource["spec"]["maxReplicas"] = 8
+        with pytest.raises(jsonschema.ValidationError):
+            validate([resource])
+
+
+def test_lvlm_pods_scale_on_the_requests_waiting_for_them(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, resources = rendered
+    scaled = of_kind(resources, "ScaledObject")
+    if overlay == "dev-cpu":
+        assert not scaled
+        return
+    spec = scaled["lvlm"]["spec"]
+    assert spec["scaleTargetRef"]["name"] == "lvlm" and 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
+    assert spec["cooldownPeriod"] > 0
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] > behavior["scaleUp"]["stabilizationWindowSeconds"]
+    query = spec["triggers"][0]["metadata"]["query"]
+    assert "vllm:num_requests_waiting" in query and "anyanomaly_lvlm_requests_waiting" in query  # the hidden queue
+    lvlm = of_kind(resources, "Deployment")["lvlm"]["spec"]["template"]["spec"]["containers"][0]
+    assert lvlm["args"][-2:] == ["--metrics-port", "9100"]
+    assert {"name": "metrics", "containerPort": 9100} in lvlm["ports"]
+    assert of_kind(resources, "HorizontalPodAutoscaler")["orchestrator"]["spec"]["scaleTargetRef"]["name"] == \
+        "orchestrator"
+
+
+def test_the_hpa_alternative_renders_and_validates(tmp_path: Path) -> None:
+    overlay = tmp_path / "hpa"
+    overlay.mkdir()
+    k8s = Path(os.path.relpath(REPO_ROOT / "k8s", overlay))
+    (overlay / "kustomization.yaml").write_text(
+        f"resources: [{k8s / 'base'}]\ncomponents: [{k8s / 'components' / 'autoscaling-hpa'}]\n")
+    resources = render(overlay)
+    validate(resources)
+    autoscalers = of_kind(resources, "HorizontalPodAutoscaler")
+    assert set(autoscalers) == {"lvlm", "orchestrator"} and not of_kind(resources, "ScaledObject")
+    metrics = {m["pods"]["metric"]["name"] for m in autoscalers["lvlm"]["spec"]["metrics"]}
+    assert metrics == {"anyanomaly_lvlm_requests_waiting", "vllm:num_requests_waiting"}
 
 
 def test_every_service_is_deployed_probed_and_reachable(rendered: tuple[str, list[dict[str, Any]]]) -> None:
