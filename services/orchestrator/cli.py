@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -38,7 +39,7 @@ from services.common.enums import (
 from services.common.errors import InvalidInput
 from services.evaluation import command as eval_command
 from services.launcher import EmbeddedStack, StackError, StackOptions
-from services.orchestrator import live_cli
+from services.orchestrator import live_cli, planning
 from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
 
 PROG = "anyanomaly"
@@ -108,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
 
     live_cli.add_commands(commands)
+
+    capacity = commands.add_parser("plan", help="LVLM pods and GPUs for a site's cameras and texts")
+    capacity.add_argument("--cameras", type=int, required=True)
+    capacity.add_argument("--texts", type=int, required=True, help="anomaly texts per camera")
+    capacity.add_argument("--lvlm-seconds-per-call", type=float, required=True,
+                          help="one LVLM call's time at the pod's concurrency (python -m benchmarks.bench_lvlm)")
+    capacity.add_argument("--mode", choices=("standard", "fast", "reason_first", "multi_text"), default="standard")
+    capacity.add_argument("--fps", type=float, default=25.0, help="frames per second scored per camera")
+    capacity.add_argument("--segment-length", type=int, default=24)
+    capacity.add_argument("--gate-pass", type=float, default=1.0, help="share of segments passing the CLIP gate")
+    capacity.add_argument("--concurrency-per-pod", type=int, default=16, help="calls one LVLM pod answers at once")
+    capacity.add_argument("--utilization", type=float, default=0.7, help="planned share of a pod's capacity")
+    capacity.add_argument("--gpus-per-pod", type=int, default=1)
+    capacity.add_argument("--min-duration", type=float, default=0.0, help="the event rule's minimum duration (s)")
+    capacity.add_argument("--json", action="store_true")
 
     evaluate = commands.add_parser("eval", help="micro-AUROC on C-ShT, C-Ave, ShanghaiTech, Avenue or your own data")
     eval_command.add_arguments(evaluate)
@@ -265,6 +281,31 @@ async def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _plan(args: argparse.Namespace) -> int:
+    site = planning.Site(args.cameras, args.texts, args.lvlm_seconds_per_call, args.mode, args.fps,
+                         args.segment_length, args.gate_pass, args.concurrency_per_pod, args.utilization,
+                         args.gpus_per_pod, args.min_duration)
+    try:
+        result = planning.plan(site)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if args.json:
+        print(json.dumps({"site": dataclasses.asdict(site), "plan": dataclasses.asdict(result)}))
+        return 0
+    print(f"{site.cameras} cameras x {site.sample_fps:g} fps, {site.texts} texts, mode {site.mode}: "
+          f"{result.segments_per_second:.2f} segments/s x {result.calls_per_segment} LVLM calls"
+          f"{f' x {site.gate_pass:g} passing the gate' if site.gate_pass < 1 else ''} = "
+          f"{result.calls_per_second:.1f} calls/s")
+    print(f"one LVLM pod: {site.concurrency} calls at once x {site.seconds_per_call:g} s each, planned at "
+          f"{site.utilization:.0%}: {result.calls_per_second_per_pod:.1f} calls/s")
+    print(f"LVLM pods: {result.pods} ({result.gpus} GPUs)")
+    print(f"first anomalous frame -> event: about {result.latency_seconds:.1f} s (segment "
+          f"{site.segment_length / site.sample_fps:.2f} s + a call {site.seconds_per_call:g} s"
+          f"{f' + min duration {site.min_duration_seconds:g} s' if site.min_duration_seconds else ''}; "
+          "more when pods queue)")
+    return 0
+
+
 async def _serve(args: argparse.Namespace) -> int:
     stack = EmbeddedStack(_stack_options(args, port=args.port, host=args.host))
     try:
@@ -316,7 +357,7 @@ class ServiceFailure(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"serve": _serve, "detect": _detect, "eval": _eval, "monitors": live_cli.run, "events": live_cli.run,
-               "jobs": live_cli.run}[args.command]
+               "jobs": live_cli.run, "plan": _plan}[args.command]
     try:
         return asyncio.run(_interruptible(command, args))
     except Interrupted as stop:
