@@ -112,7 +112,9 @@ async def test_a_job_stores_its_segments_and_events_and_matches_detect(scripted_
 
 
 async def test_a_cancelled_job_stops_and_says_so(tmp_path: Path) -> None:
-    async with scripted_stack(data_dir=str(tmp_path / "data"), event_poll_seconds=0.2) as stack:
+    # One segment at a time, so the first calls are all segment 0's.
+    async with scripted_stack(data_dir=str(tmp_path / "data"), event_poll_seconds=0.2,
+                              max_segments_in_flight=1) as stack:
         stack.lvlm.hold_after = 3 * len(TEXTS)  # the first segment's calls, then every call waits
         async with open_channel(stack.address) as channel:
             jobs: Any = jobs_pb2_grpc.JobsStub(channel)  # the stubs' types describe the sync API
