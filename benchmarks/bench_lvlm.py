@@ -9,14 +9,21 @@ tokens and wall time per segment, and the frames per second that allows (24 fram
 segment, the LVLM being the bottleneck), next to the reference code's sequential 3k calls.
 
     python -m benchmarks.bench_lvlm [--latency-ms 200] [--ms-per-answer-token 0] [--concurrency 16]
+                                    [--json FILE]
+
+`--json FILE` keeps the figures for `anyanomaly plan --from-benchmark FILE`; run it against a
+real engine (`--openai-url`) to plan from measured call times.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
@@ -48,18 +55,23 @@ def segment(texts: list[str], multi_text: bool) -> list[lvlm_pb2.ScoreItem]:
     return [lvlm_pb2.ScoreItem(image=image, kind=kind, texts=[t]) for t in texts for kind in kinds]
 
 
-async def run(latency: float, per_token: float, concurrency: int, segments: int) -> None:
-    with TimedLLM(latency, per_token) as engine:
-        settings = LvlmSettings(host="127.0.0.1", port=0, backend="openai", openai_url=engine.url,
-                                openai_model=engine.model, max_concurrency=concurrency, log_level="WARNING")
+async def run(latency: float, per_token: float, concurrency: int, segments: int,
+              server: tuple[str, str] | None = None) -> list[dict[str, object]]:
+    """`server`: (URL, model) of a real OpenAI-compatible engine instead of the timed stand-in."""
+    with TimedLLM(latency, per_token) if server is None else contextlib.nullcontext() as timed:
+        url, model = (timed.url, timed.model) if timed is not None else server  # type: ignore[misc]
+        settings = LvlmSettings(host="127.0.0.1", port=0, backend="openai", openai_url=url,
+                                openai_model=model, max_concurrency=concurrency, log_level="WARNING")
         spec, _ = build_service(settings)
         lvlm = await start_server(spec, settings)
         await lvlm.until_ready()
-        print(f"engine latency {latency * 1000:.0f} ms per call + {per_token * 1000:.0f} ms per answer token, "
-              f"{concurrency} calls in flight; "
+        engine = (f"{url} ({model})" if timed is None else
+                  f"engine latency {latency * 1000:.0f} ms per call + {per_token * 1000:.0f} ms per answer token")
+        print(f"{engine}, {concurrency} calls in flight; "
               f"per segment of {SEGMENT_FRAMES} frames (median of {segments})")
         print(f"{'k':>3} {'mode':<13} {'calls':>6} {'prompt tok':>11} {'answer tok':>11} {'wall s':>8} "
               f"{'FPS':>7} {'ref. wall s':>12} {'ref. FPS':>9}")
+        rows: list[dict[str, object]] = []
         async with open_channel(lvlm.address) as channel:
             stub = lvlm_pb2_grpc.LvlmServiceStub(channel)
             for k in (1, 5, 11):
@@ -75,10 +87,13 @@ async def run(latency: float, per_token: float, concurrency: int, segments: int)
                         walls.append(time.perf_counter() - started)
                         usage = response.usage
                     wall = statistics.median(walls)
+                    rows.append({"texts": k, "mode": mode, "calls": usage.calls, "prompt_tokens": usage.prompt_tokens,
+                                 "completion_tokens": usage.completion_tokens, "wall_seconds": wall})
                     print(f"{k:>3} {mode:<13} {usage.calls:>6} {usage.prompt_tokens:>11} "
                           f"{usage.completion_tokens:>11} {wall:>8.2f} {SEGMENT_FRAMES / wall:>7.1f} "
                           f"{reference:>12.2f} {SEGMENT_FRAMES / reference:>9.1f}")
         await lvlm.shutdown(1.0)
+    return rows
 
 
 def main() -> None:
@@ -87,9 +102,20 @@ def main() -> None:
     parser.add_argument("--ms-per-answer-token", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--segments", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--openai-url", default="", help="measure this OpenAI-compatible engine (e.g. vLLM at "
+                        "http://host:8000/v1) instead of the timed stand-in")
+    parser.add_argument("--openai-model", default="Qwen/Qwen2.5-VL-7B-Instruct", help="the model it serves")
     args = parser.parse_args()
     configure_logging("bench", "WARNING", "text")
-    asyncio.run(run(args.latency_ms / 1000, args.ms_per_answer_token / 1000, args.concurrency, args.segments))
+    server = (args.openai_url, args.openai_model) if args.openai_url else None
+    rows = asyncio.run(run(args.latency_ms / 1000, args.ms_per_answer_token / 1000, args.concurrency, args.segments,
+                           server))
+    if args.json:
+        engine = args.openai_url or "TimedLLM"
+        args.json.write_text(json.dumps({"benchmark": "bench_lvlm", "engine": engine, "latency_ms": args.latency_ms,
+                                         "concurrency": args.concurrency, "segment_frames": SEGMENT_FRAMES,
+                                         "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -31,12 +31,16 @@ from services.common.errors import (
     ServiceError,
 )
 from services.common.logs import REQUEST_ID_HEADER, current_request_id
+from services.common.tls import ClientTls
 
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
 KEEPALIVE_SECONDS = 30.0  # how often a channel pings on a quiet connection
 MIN_KEEPALIVE_SECONDS = 10.0  # every server accepts pings this often (services/common/server.py)
+
+ADDRESS_FORMS = ("HOST:PORT; IP:PORT,IP:PORT,... (balanced by least calls in flight); dns:///NAME:PORT; or "
+                 "kubernetes:///SERVICE[.NAMESPACE]:PORT (follows the Service's ready pods)")
 
 # Methods that change nothing, so a second attempt is always safe. Anything not listed
 # (e.g. a future SubmitJob) is never retried by the channel.
@@ -72,11 +76,8 @@ def service_config() -> dict[str, Any]:
     }
 
 
-def channel_target(address: str) -> str:
-    """The gRPC target for "host:port", a comma-separated list of "ip:port" (one channel balancing
-    over all), or anything gRPC understands already ("dns:///name:port", "unix:...")."""
-    if "," not in address:
-        return address
+def endpoint_list(address: str) -> list[str]:
+    """The "ip:port" (IPv6 as "[ip]:port") of a comma-separated list, checked."""
     hosts = []
     for part in (p.strip() for p in address.split(",") if p.strip()):
         host, _, port = part.rpartition(":")
@@ -91,17 +92,31 @@ def channel_target(address: str) -> str:
                              "DNS name whose records are the endpoints (dns:///name:port)") from None
         hosts.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
     families = {h.startswith("[") for h in hosts}
+    if not hosts:
+        raise ValueError(f"{address!r} lists no address")
     if len(families) > 1:
         raise ValueError(f"{address!r} mixes IPv4 and IPv6 addresses; use one family")
-    return f"{'ipv6' if True in families else 'ipv4'}:{','.join(hosts)}"
+    return hosts
 
 
-def channel_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SECONDS) -> list[tuple[str, Any]]:
+def channel_target(address: str) -> str:
+    """The gRPC target for "host:port", a comma-separated list of "ip:port" (one channel balancing
+    over all), or anything gRPC understands already ("dns:///name:port", "unix:...")."""
+    if "," not in address:
+        return address
+    hosts = endpoint_list(address)
+    return f"{'ipv6' if hosts[0].startswith('[') else 'ipv4'}:{','.join(hosts)}"
+
+
+def channel_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SECONDS,
+                    retries: bool = True) -> list[tuple[str, Any]]:
+    """`retries=False` for a channel to one endpoint of a pool (services/common/balancing.py),
+    which tries another endpoint instead of the same one again."""
     size = max_message_mb * 1024 * 1024
     return [
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
-        ("grpc.enable_retries", 1),
+        ("grpc.enable_retries", int(retries)),
         # A request larger than the retry buffer commits at once and is never retried (the
         # default is 256 KiB; a segment's 24 frames are megabytes).
         ("grpc.per_rpc_retry_buffer_size", size),
@@ -136,12 +151,19 @@ class _CallDefaults(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCl
 
 def open_channel(
     address: str, max_message_mb: int = 64, default_timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
-    keepalive_seconds: float = KEEPALIVE_SECONDS,
+    keepalive_seconds: float = KEEPALIVE_SECONDS, retries: bool = True, tls: ClientTls | None = None,
+    server_name: str = "",
 ) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        channel_target(address), options=channel_options(max_message_mb, keepalive_seconds),
-        interceptors=[_CallDefaults(default_timeout)],
-    )
+    """A channel to `address`, over TLS when `tls` is given. `server_name`: the name the
+    server's certificate must carry, when it is not the address's host (a pod's IP)."""
+    options = channel_options(max_message_mb, keepalive_seconds, retries)
+    interceptors = [_CallDefaults(default_timeout)]
+    if tls is None:
+        return grpc.aio.insecure_channel(channel_target(address), options=options, interceptors=interceptors)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(channel_target(address), tls.credentials(), options=options,
+                                   interceptors=interceptors)
 
 
 def dependency_error(dependency: str, error: grpc.aio.AioRpcError) -> ServiceError:

@@ -75,10 +75,26 @@ class ServerSettings:
                                                 "reconnect, so long-lived clients spread over new replicas; calls "
                                                 "in progress finish; 0: never", minimum=0.0)
     metrics_port: int = setting(0, "serve Prometheus metrics on this port; 0 disables")
+    tls_cert_file: str = setting("", "serve TLS with this PEM certificate (chain); re-read when it changes")
+    tls_key_file: str = setting("", "the PEM private key of --tls-cert-file")
+    tls_client_ca_file: str = setting("", "require callers to present a certificate signed by this PEM CA "
+                                      "(mutual TLS)")
+    health_port: int = setting(0, "also serve the gRPC health service, and only it, in plaintext on this port "
+                               "(Kubernetes' gRPC probes cannot speak TLS); 0: none")
     log_level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "log line format", choices=("json", "text"))
     profile: str = setting("default", "behaviour for requests that do not name a profile: 'default' (production "
                            "choices) or 'parity' (the authors' code, quirks included)", choices=("default", "parity"))
+
+
+@dataclasses.dataclass
+class CallerSettings(ServerSettings):
+    """Settings of a service that calls other services."""
+
+    tls_ca_file: str = setting("", "call the other services over TLS, trusting this PEM CA")
+    tls_client_cert_file: str = setting("", "present this PEM certificate to the services called (mutual TLS); "
+                                        "re-read when it changes")
+    tls_client_key_file: str = setting("", "the PEM private key of --tls-client-cert-file")
 
 
 def _flag(name: str) -> str:

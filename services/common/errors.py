@@ -81,6 +81,11 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class ModelLoadError(RuntimeError):
+class StartupError(RuntimeError):
+    """Start-up cannot go on (a setting, a model, a dependency's configuration); the message names
+    what to fix, and the service exits with status 2 after logging it."""
+
+
+class ModelLoadError(StartupError):
     """Start-up could not load a model. The message names the setting to fix."""
 

@@ -11,6 +11,7 @@ to finish, then the service's `stop` hook runs.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,9 +27,10 @@ from prometheus_client import start_http_server
 
 from services.common.clients import KEEPALIVE_SECONDS, MIN_KEEPALIVE_SECONDS
 from services.common.config import ServerSettings
-from services.common.errors import ModelLoadError
+from services.common.errors import StartupError
 from services.common.interceptors import ServiceInterceptor
 from services.common.lifeline import die_with_parent
+from services.common.tls import ServerTls
 
 log = logging.getLogger("anyanomaly.server")
 
@@ -59,8 +61,10 @@ class ServiceSpec:
 class RunningServer:
     """A started server; ready once the service's start hook has completed."""
 
-    def __init__(self, spec: ServiceSpec, server: grpc.aio.Server, health: HealthServicer, port: int) -> None:
+    def __init__(self, spec: ServiceSpec, server: grpc.aio.Server, health: HealthServicer, port: int,
+                 health_server: grpc.aio.Server | None = None) -> None:
         self.spec, self.server, self.health, self.port = spec, server, health, port
+        self.health_server = health_server  # plaintext, health only (--health-port)
         self.ready_task: asyncio.Task[None] = asyncio.create_task(self._become_ready())
         self._stopped = False
 
@@ -87,6 +91,8 @@ class RunningServer:
         if self.ready_task.done():
             await self.spec.drain()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         if not self.ready_task.done():
             self.ready_task.cancel()
         await asyncio.gather(self.ready_task, return_exceptions=True)
@@ -137,12 +143,19 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
         [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
+    tls = ServerTls.from_settings(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise OSError(f"cannot bind {settings.host}:{settings.port}: {exc}; choose another --port") from exc
+        raise OSError(f"cannot bind {address}: {exc}; choose another --port") from exc
+    if tls is None and not _loopback(settings.host):
+        log.warning("serving WITHOUT TLS on %s: anyone on the network can read and send these calls; set "
+                    "--tls-cert-file and --tls-key-file, or bind 127.0.0.1", address)
+    health_server = await _start_health_server(health, settings) if settings.health_port else None
     await server.start()
-    log.info("listening", extra={"host": settings.host, "port": port})
+    log.info("listening", extra={"host": settings.host, "port": port, "tls": bool(tls),
+                                 "client_certificates": bool(tls and tls.client_ca)})
     if settings.port_file:  # written whole, then renamed: a launcher never reads half a number
         partial = Path(settings.port_file + ".partial")
         partial.write_text(f"{port}\n")
@@ -150,7 +163,29 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
         log.info("metrics", extra={"metrics_port": settings.metrics_port})
-    return RunningServer(spec, server, health, port)
+    return RunningServer(spec, server, health, port, health_server)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def _start_health_server(health: HealthServicer, settings: ServerSettings) -> grpc.aio.Server:
+    """The health service alone, in plaintext: what Kubernetes' gRPC probes can reach when the
+    service port speaks TLS. It tells SERVING or NOT_SERVING, nothing else."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    address = f"{settings.host}:{settings.health_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind {address}: {exc}; choose another --health-port") from exc
+    await server.start()
+    log.info("health port", extra={"health_port": settings.health_port})
+    return server
 
 
 async def serve(spec: ServiceSpec, settings: ServerSettings) -> int:
@@ -162,14 +197,14 @@ async def serve(spec: ServiceSpec, settings: ServerSettings) -> int:
         loop.add_signal_handler(sig, stop_requested.set)
     try:
         running = await start_server(spec, settings)
-    except OSError as bind_error:  # e.g. the port is taken: one line, no traceback
-        log.error(str(bind_error))
+    except (OSError, StartupError) as refused:  # a port taken, TLS files missing: one line, no traceback
+        log.error(str(refused))
         return 2
     stop_wait = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({running.ready_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     if running.ready_task.done() and running.ready_task.exception() is not None:
         error = running.ready_task.exception()
-        if isinstance(error, ModelLoadError):
+        if isinstance(error, StartupError):
             log.error(str(error))
         else:
             log.error("start-up failed", exc_info=error)

@@ -7,21 +7,27 @@ from collections.abc import Sequence
 import numpy as np
 from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 
-from services.common.clients import KEEPALIVE_SECONDS, call_dependency, open_channel
+from services.common.balancing import EndpointPool, open_pool
+from services.common.clients import KEEPALIVE_SECONDS
 from services.common.tensors import from_tensor
+from services.common.tls import ClientTls
 from services.common.windows import WindowGrid
 
 
 class ClipClient:
-    def __init__(self, address: str, timeout_seconds: float, max_message_mb: int = 64,
-                 keepalive_seconds: float = KEEPALIVE_SECONDS) -> None:
-        self.address = address
+    def __init__(self, pool: EndpointPool[clip_pb2_grpc.ClipServiceAsyncStub], timeout_seconds: float) -> None:
+        self.pool = pool
         self._timeout = timeout_seconds
-        self._channel = open_channel(address, max_message_mb, timeout_seconds, keepalive_seconds)
-        self._stub = clip_pb2_grpc.ClipServiceStub(self._channel)
+
+    @classmethod
+    async def open(cls, address: str, timeout_seconds: float, max_message_mb: int = 64,
+                   keepalive_seconds: float = KEEPALIVE_SECONDS, tls: ClientTls | None = None) -> ClipClient:
+        pool = await open_pool("clip_service", address, clip_pb2_grpc.ClipServiceStub, max_message_mb,
+                               timeout_seconds, keepalive_seconds, tls)
+        return cls(pool, timeout_seconds)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self.pool.close()
 
     async def embed_windows(
         self, images: Sequence[bytes], specs: Sequence[tuple[int, int]], normalize: bool
@@ -32,7 +38,7 @@ class ClipClient:
             preprocess=clip_pb2.PREPROCESS_SQUASH_NORMALIZED if normalize else clip_pb2.PREPROCESS_SQUASH,
             windows=[clip_pb2.WindowGrid(size=size, stride=stride) for size, stride in specs],
         )
-        response = await call_dependency("clip_service", self._stub.EmbedImages, request, self._timeout)
+        response = await self.pool.call(lambda s: s.EmbedImages, request, self._timeout)
         grids = [WindowGrid(g.size, g.stride, g.rows, g.cols, g.offset) for g in response.layouts]
         return from_tensor(response.embeddings), grids
 
@@ -42,11 +48,11 @@ class ClipClient:
             images=[common_pb2.Image(data=data) for data in images],
             preprocess=clip_pb2.PREPROCESS_SQUASH_NORMALIZED if normalize else clip_pb2.PREPROCESS_SQUASH,
         )
-        response = await call_dependency("clip_service", self._stub.EmbedImages, request, self._timeout)
+        response = await self.pool.call(lambda s: s.EmbedImages, request, self._timeout)
         return from_tensor(response.embeddings)
 
     async def embed_texts(self, texts: Sequence[str], template_ensemble: bool) -> np.ndarray:
         encoding = clip_pb2.TEXT_ENCODING_TEMPLATE_ENSEMBLE if template_ensemble else clip_pb2.TEXT_ENCODING_RAW
         request = clip_pb2.EmbedTextsRequest(texts=list(texts), encoding=encoding)
-        response = await call_dependency("clip_service", self._stub.EmbedTexts, request, self._timeout)
+        response = await self.pool.call(lambda s: s.EmbedTexts, request, self._timeout)
         return from_tensor(response.embeddings)

@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.config import ServerSettings, load_settings, setting
+from services.common.clients import ADDRESS_FORMS
+from services.common.config import CallerSettings, load_settings, setting
 
 ENV_PREFIX = "ANYANOMALY_CONTEXT"
 DEFAULT_PORT = 50052
 
 
 @dataclass
-class ContextSettings(ServerSettings):
+class ContextSettings(CallerSettings):
     port: int = setting(DEFAULT_PORT, "port to bind; 0 picks a free port (the bound port is logged)")
-    clip_address: str = setting("127.0.0.1:50051", "clip_service address HOST:PORT (window crops are embedded there)")
+    clip_address: str = setting("127.0.0.1:50051", f"clip_service address, where window crops are embedded: "
+                                f"{ADDRESS_FORMS}")
     clip_timeout_seconds: float = setting(60.0, "deadline of each call to clip_service")
     max_image_pixels: int = setting(3840 * 2160, "largest frame accepted, in pixels")
     max_request_pixels: int = setting(24 * 3840 * 2160, "most pixels the frames one request uses may decode to "

@@ -7,6 +7,7 @@ from anyanomaly.v1 import common_pb2, context_pb2, context_pb2_grpc
 from services.common.enums import PROFILE, TEMPORAL_SELECTION
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor
+from services.common.tls import ClientTls
 from services.context_service.clip_client import ClipClient
 from services.context_service.config import ContextSettings
 from services.context_service.engine import ContextEngine, Query
@@ -65,8 +66,10 @@ def build_service(settings: ContextSettings) -> tuple[ServiceSpec, ContextEngine
     engine = ContextEngine(settings)
 
     async def connect() -> None:  # channels belong to the running event loop
-        engine.attach(ClipClient(settings.clip_address, settings.clip_timeout_seconds, settings.max_message_mb,
-                                 settings.keepalive_seconds))
+        tls = ClientTls.from_settings(settings.tls_ca_file, settings.tls_client_cert_file,
+                                      settings.tls_client_key_file)
+        engine.attach(await ClipClient.open(settings.clip_address, settings.clip_timeout_seconds,
+                                            settings.max_message_mb, settings.keepalive_seconds, tls))
 
     spec = ServiceSpec(
         name="context_service",

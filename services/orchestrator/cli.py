@@ -36,7 +36,7 @@ from services.common.enums import (
     TAIL_POLICY,
     TEMPORAL_SELECTION,
 )
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, StartupError
 from services.evaluation import command as eval_command
 from services.launcher import EmbeddedStack, StackError, StackOptions
 from services.orchestrator import live_cli, planning
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what counts as an anomaly, e.g. 'bicycle'; repeat for several; 'a-b' means a and b")
     detect.add_argument("--output", type=Path, default=None, help="write the result JSON here")
     detect.add_argument("--address", default="", help="an orchestrator HOST:PORT (default: start the embedded stack)")
+    live_cli.tls_options(detect)
     _add_stack_options(detect)
     detect.add_argument("--preset", default="", help="dataset preset: shtech (default), avenue or custom")
     detect.add_argument("--segment-length", type=int, default=0, help="frames per segment (default 24)")
@@ -113,13 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     capacity = commands.add_parser("plan", help="LVLM pods and GPUs for a site's cameras and texts")
     capacity.add_argument("--cameras", type=int, required=True)
     capacity.add_argument("--texts", type=int, required=True, help="anomaly texts per camera")
-    capacity.add_argument("--lvlm-seconds-per-call", type=float, required=True,
-                          help="one LVLM call's time at the pod's concurrency (python -m benchmarks.bench_lvlm)")
+    source = capacity.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-benchmark", type=Path, metavar="FILE",
+                        help="seconds per call, concurrency and calls per segment from a "
+                             "`python -m benchmarks.bench_lvlm --json FILE` result")
+    source.add_argument("--lvlm-seconds-per-call", type=float,
+                        help="one LVLM call's time at the pod's concurrency (python -m benchmarks.bench_lvlm)")
     capacity.add_argument("--mode", choices=("standard", "fast", "reason_first", "multi_text"), default="standard")
     capacity.add_argument("--fps", type=float, default=25.0, help="frames per second scored per camera")
     capacity.add_argument("--segment-length", type=int, default=24)
     capacity.add_argument("--gate-pass", type=float, default=1.0, help="share of segments passing the CLIP gate")
-    capacity.add_argument("--concurrency-per-pod", type=int, default=16, help="calls one LVLM pod answers at once")
+    capacity.add_argument("--concurrency-per-pod", type=int, default=None,
+                          help="calls one LVLM pod answers at once (default: the benchmark's, else 16)")
     capacity.add_argument("--utilization", type=float, default=0.7, help="planned share of a pod's capacity")
     capacity.add_argument("--gpus-per-pod", type=int, default=1)
     capacity.add_argument("--min-duration", type=float, default=0.0, help="the event rule's minimum duration (s)")
@@ -228,12 +234,13 @@ async def _detect(args: argparse.Namespace) -> int:
     stack: EmbeddedStack | None = None
     address = args.address
     builder = ResultBuilder(request)
+    tls = live_cli.client_tls(args) if args.address else None
     try:
         if stack_options is not None:
             stack = EmbeddedStack(stack_options)
             await stack.start()
             address = stack.orchestrator_address
-        await detect_into(builder, address, None if args.quiet else "detect")
+        await detect_into(builder, address, None if args.quiet else "detect", tls=tls)
     except grpc.aio.AioRpcError as error:
         details = error.details() or error.code().name
         if error.code() in BAD_INPUT_CODES:
@@ -282,12 +289,17 @@ async def _eval(args: argparse.Namespace) -> int:
 
 
 async def _plan(args: argparse.Namespace) -> int:
-    site = planning.Site(args.cameras, args.texts, args.lvlm_seconds_per_call, args.mode, args.fps,
-                         args.segment_length, args.gate_pass, args.concurrency_per_pod, args.utilization,
-                         args.gpus_per_pod, args.min_duration)
     try:
+        measured = None
+        if args.from_benchmark:
+            measured = planning.from_benchmark(json.loads(args.from_benchmark.read_text()), args.mode, args.texts)
+        seconds = measured.seconds_per_call if measured else args.lvlm_seconds_per_call
+        concurrency = args.concurrency_per_pod or (measured.concurrency if measured else 16)
+        site = planning.Site(args.cameras, args.texts, seconds, args.mode, args.fps, args.segment_length,
+                             args.gate_pass, concurrency, args.utilization, args.gpus_per_pod, args.min_duration,
+                             measured.calls_per_segment if measured else 0)
         result = planning.plan(site)
-    except ValueError as error:
+    except (OSError, ValueError) as error:  # an unreadable or malformed benchmark file, a bad site
         raise UsageError(str(error)) from error
     if args.json:
         print(json.dumps({"site": dataclasses.asdict(site), "plan": dataclasses.asdict(result)}))
@@ -296,7 +308,9 @@ async def _plan(args: argparse.Namespace) -> int:
           f"{result.segments_per_second:.2f} segments/s x {result.calls_per_segment} LVLM calls"
           f"{f' x {site.gate_pass:g} passing the gate' if site.gate_pass < 1 else ''} = "
           f"{result.calls_per_second:.1f} calls/s")
-    print(f"one LVLM pod: {site.concurrency} calls at once x {site.seconds_per_call:g} s each, planned at "
+    if measured:
+        print(f"from {args.from_benchmark}: {measured.source}")
+    print(f"one LVLM pod: {site.concurrency} calls at once x {site.seconds_per_call:.3g} s each, planned at "
           f"{site.utilization:.0%}: {result.calls_per_second_per_pod:.1f} calls/s")
     print(f"LVLM pods: {result.pods} ({result.gpus} GPUs)")
     print(f"first anomalous frame -> event: about {result.latency_seconds:.1f} s (segment "
@@ -365,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # a stop request is how serve ends
         print(f"{PROG}: interrupted ({stop})", file=sys.stderr)
         return 128 + stop.signum
-    except (UsageError, InvalidInput) as error:
+    except (UsageError, InvalidInput, StartupError) as error:  # StartupError: client TLS files that cannot work
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except (StackError, ServiceFailure) as error:

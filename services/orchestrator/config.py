@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.config import ServerSettings, load_settings, secret, setting
+from services.common.clients import ADDRESS_FORMS
+from services.common.config import CallerSettings, load_settings, secret, setting
 
 ENV_PREFIX = "ANYANOMALY_ORCHESTRATOR"
 DEFAULT_PORT = 50050
 
 
 @dataclass
-class OrchestratorSettings(ServerSettings):
+class OrchestratorSettings(CallerSettings):
     port: int = setting(DEFAULT_PORT, "port to bind; 0 picks a free port (the bound port is logged)")
-    clip_address: str = setting("127.0.0.1:50051", "clip_service address HOST:PORT")
-    context_address: str = setting("127.0.0.1:50052", "context_service address HOST:PORT")
-    lvlm_address: str = setting("127.0.0.1:50053", "lvlm_service address HOST:PORT")
+    clip_address: str = setting("127.0.0.1:50051", f"clip_service address: {ADDRESS_FORMS}")
+    context_address: str = setting("127.0.0.1:50052", f"context_service address: {ADDRESS_FORMS}")
+    lvlm_address: str = setting("127.0.0.1:50053", f"lvlm_service address: {ADDRESS_FORMS}")
     rpc_timeout_seconds: float = setting(300.0, "deadline of each call to clip, context and lvlm services")
     max_segments_in_flight: int = setting(2, "segments processed concurrently per detection (results stay in order)")
     frame_format: str = setting("jpeg", "how decoded video frames travel to the services (frame folders are "

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from services.common.clients import open_channel
 from services.common.images import image_format
+from services.common.tls import ClientTls
 from services.orchestrator.live.delivery import event_json
 
 DEFAULT_ADDRESS = "127.0.0.1:50050"
@@ -30,8 +31,19 @@ JOB_STATES = {name.removeprefix("JOB_STATE_").lower(): value for name, value in 
 ANY_STATE = jobs_pb2.JOB_STATE_UNSPECIFIED
 
 
+def tls_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", default="", metavar="PEM", help="reach the orchestrator over TLS, trusting this CA")
+    parser.add_argument("--tls-cert", default="", metavar="PEM", help="present this client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", default="", metavar="PEM", help="the key of --tls-cert")
+
+
+def client_tls(args: argparse.Namespace) -> ClientTls | None:
+    return ClientTls.from_settings(args.tls_ca, args.tls_cert, args.tls_key, ("--tls-ca", "--tls-cert", "--tls-key"))
+
+
 def _address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"the orchestrator (default {DEFAULT_ADDRESS})")
+    tls_options(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -154,7 +166,7 @@ def _emit(args: argparse.Namespace, document: dict[str, Any], line: str) -> None
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with open_channel(args.address, default_timeout=None) as channel:
+    async with open_channel(args.address, default_timeout=None, tls=client_tls(args)) as channel:
         handler: Callable[[argparse.Namespace, Any], Any] = {
             "monitors": _monitors, "events": _events, "jobs": _jobs}[args.command]
         await handler(args, channel)

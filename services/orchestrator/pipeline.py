@@ -199,7 +199,7 @@ class Detector:
             await self._client_set.close()
 
     @property
-    def _clients(self) -> ServiceClients:
+    def clients(self) -> ServiceClients:
         if self._client_set is None:
             raise NotReady("the orchestrator is starting; retry shortly")
         return self._client_set
@@ -207,7 +207,7 @@ class Detector:
     async def _process(self, segment: _Segment, texts: list[str], params: DetectParams, timings: Timings
                        ) -> SegmentOutcome:
         started = time.perf_counter()
-        selected_frames = await self._clients.select_key_frames(
+        selected_frames = await self.clients.select_key_frames(
             segment.images, texts, params.strategy, seed=segment.index, joint=params.multi_text)
         timings.key_frames += time.perf_counter() - started
         best = selected_frames.best_similarity
@@ -216,10 +216,10 @@ class Detector:
         # Per text, or one joint choice whose three images carry every text.
         choices = [selected_frames.joint] if selected_frames.joint is not None else selected_frames.choices
         built_at = time.perf_counter()
-        contexts = await self._clients.build_contexts(segment.images, choices, params.context_options)
+        contexts = await self.clients.build_contexts(segment.images, choices, params.context_options)
         scored_at = time.perf_counter()
         timings.contexts += scored_at - built_at
-        streams, usage = await self._clients.score(segment.images, choices, contexts, params.score_options)
+        streams, usage = await self.clients.score(segment.images, choices, contexts, params.score_options)
         timings.scoring += time.perf_counter() - scored_at
         choice_of = {t: (c, context) for c, context in zip(choices, contexts, strict=True) for t in c.texts}
         results = []
@@ -253,7 +253,7 @@ class Detector:
         options = lvlm_pb2.ScoreOptions()
         options.CopyFrom(params.score_options)
         options.mode, options.multi_text = lvlm_pb2.SCORE_MODE_STANDARD, False
-        reasons, extra = await self._clients.reasons(segment.images, wanted, options)
+        reasons, extra = await self.clients.reasons(segment.images, wanted, options)
         updated = [replace(r, frame=replace(r.frame, reason=reasons.get(r.text, r.frame.reason))) for r in results]
         return updated, add_usage([usage, extra])
 
@@ -289,7 +289,7 @@ class Detector:
         `live`: an endless source; outcomes are not kept for a summary of the whole video."""
         clock = time.perf_counter()
         timings = Timings()
-        clip_info, lvlm_info = await self._clients.model_infos()
+        clip_info, lvlm_info = await self.clients.model_infos()
         yield Started(texts, source.info.fps, source.info.num_frames, params.segment_length)
         pending: deque[asyncio.Task[SegmentOutcome]] = deque()
         outcomes: list[SegmentOutcome] = []

@@ -10,7 +10,9 @@ in parallel (one call time), then the event rule's minimum duration."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 CALLS_PER_TEXT = 3  # key frame, position context, temporal context
 
@@ -37,6 +39,7 @@ class Site:
     utilization: float = 0.7
     gpus_per_pod: int = 1
     min_duration_seconds: float = 0.0
+    measured_calls_per_segment: int = 0  # from a benchmark; 0: from the mode
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,38 @@ def plan(site: Site) -> Plan:
     if not 0 < site.utilization <= 1 or not 0 <= site.gate_pass <= 1:
         raise ValueError("utilization must be in (0, 1] and gate_pass in [0, 1]")
     segments = site.cameras * site.sample_fps / site.segment_length
-    per_segment = calls_per_segment(site.mode, site.texts)
+    per_segment = site.measured_calls_per_segment or calls_per_segment(site.mode, site.texts)
     load = segments * per_segment * site.gate_pass
     per_pod = site.concurrency / site.seconds_per_call * site.utilization
     pods = max(1, math.ceil(load / per_pod - 1e-9))
     latency = site.segment_length / site.sample_fps + site.seconds_per_call + site.min_duration_seconds
     return Plan(segments, per_segment, load, per_pod, pods, pods * site.gpus_per_pod, latency)
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds_per_call: float  # one call's time with `concurrency` in flight
+    concurrency: int
+    calls_per_segment: int
+    source: str  # which measurement, for the printout
+
+
+def from_benchmark(result: Mapping[str, Any], mode: str, texts: int) -> Measured:
+    """Seconds per call from a `python -m benchmarks.bench_lvlm --json FILE` result: the row of
+    `mode` with the number of texts nearest `texts`. A segment's calls run `concurrency` at a
+    time, so its wall time is ceil(calls / concurrency) call times."""
+    try:
+        concurrency = int(result["concurrency"])
+        if concurrency < 1:
+            raise ValueError(f"the benchmark result's concurrency is {concurrency}; it must be at least 1")
+        rows = [r for r in result["rows"] if r["mode"] == mode]
+        if not rows:
+            raise ValueError(f"the benchmark result has no rows for mode {mode!r}")
+        row = min(rows, key=lambda r: (abs(int(r["texts"]) - texts), -int(r["texts"])))
+        waves = math.ceil(int(row["calls"]) / concurrency)
+        seconds = float(row["wall_seconds"]) / waves
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a benchmarks.bench_lvlm result ({exc!r} missing or malformed)") from None
+    calls = int(row["calls"]) if int(row["texts"]) == texts else calls_per_segment(mode, texts)
+    wall = float(row["wall_seconds"])
+    return Measured(seconds, concurrency, calls, f"{mode}, {row['texts']} texts: {row['calls']} calls in {wall:.3g} s")

@@ -24,6 +24,7 @@ from anyanomaly.v1 import (
 
 from services.common.errors import InvalidInput, ServiceError, echo
 from services.common.server import RpcContext, ServiceSpec
+from services.common.tls import ClientTls
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.live.access import Live, LiveAccess
 from services.orchestrator.live.events import EventEngine, rules_from_proto
@@ -133,8 +134,9 @@ async def stop_live(live: Live) -> None:
     await asyncio.to_thread(live.store.close)
 
 
-def build_service(settings: OrchestratorSettings) -> ServiceSpec:
-    detector = Detector()
+def build_service(settings: OrchestratorSettings, detector: Detector | None = None) -> ServiceSpec:
+    """`detector`: a test's own, to look at the endpoints it calls."""
+    detector = detector or Detector()
     access = LiveAccess("this orchestrator keeps no jobs, monitors or events: start it with --data-dir"
                         if not settings.data_dir else "the orchestrator is starting; retry shortly")
 
@@ -148,9 +150,11 @@ def build_service(settings: OrchestratorSettings) -> ServiceSpec:
         log.info("running the jobs and monitors of the data dir")
 
     async def start() -> None:  # channels belong to the running event loop
-        detector.attach(ServiceClients(settings.clip_address, settings.context_address, settings.lvlm_address,
-                                       settings.rpc_timeout_seconds, settings.max_message_mb,
-                                       settings.keepalive_seconds))
+        tls = ClientTls.from_settings(settings.tls_ca_file, settings.tls_client_cert_file,
+                                      settings.tls_client_key_file)
+        detector.attach(await ServiceClients.open(
+            settings.clip_address, settings.context_address, settings.lvlm_address, settings.rpc_timeout_seconds,
+            settings.max_message_mb, settings.keepalive_seconds, tls))
         if settings.data_dir:
             if await asyncio.to_thread(holder.try_hold):
                 access.live = await start_live(settings, detector)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from anyanomaly.v1 import (
     clip_pb2,
@@ -15,8 +16,10 @@ from anyanomaly.v1 import (
     lvlm_pb2_grpc,
 )
 
-from services.common.clients import KEEPALIVE_SECONDS, call_dependency, open_channel
+from services.common.balancing import EndpointPool, open_pool
+from services.common.clients import KEEPALIVE_SECONDS
 from services.common.enums import CONTEXT_KIND
+from services.common.tls import ClientTls
 
 
 @dataclass(frozen=True)
@@ -53,23 +56,39 @@ class StreamScore:
 
 
 class ServiceClients:
-    def __init__(self, clip: str, context: str, lvlm: str, timeout_seconds: float, max_message_mb: int = 64,
-                 keepalive_seconds: float = KEEPALIVE_SECONDS) -> None:
+    """Calls to the three services, each spread over its endpoints (services/common/balancing.py)."""
+
+    def __init__(self, clip: EndpointPool[clip_pb2_grpc.ClipServiceAsyncStub],
+                 context: EndpointPool[context_pb2_grpc.ContextServiceAsyncStub],
+                 lvlm: EndpointPool[lvlm_pb2_grpc.LvlmServiceAsyncStub], timeout_seconds: float) -> None:
+        self.clip, self.context, self.lvlm = clip, context, lvlm
         self._timeout = timeout_seconds
-        self._channels = [open_channel(a, max_message_mb, timeout_seconds, keepalive_seconds)
-                          for a in (clip, context, lvlm)]
-        self._clip = clip_pb2_grpc.ClipServiceStub(self._channels[0])
-        self._context = context_pb2_grpc.ContextServiceStub(self._channels[1])
-        self._lvlm = lvlm_pb2_grpc.LvlmServiceStub(self._channels[2])
+
+    @classmethod
+    async def open(cls, clip: str, context: str, lvlm: str, timeout_seconds: float, max_message_mb: int = 64,
+                   keepalive_seconds: float = KEEPALIVE_SECONDS, tls: ClientTls | None = None) -> ServiceClients:
+        pools: list[EndpointPool[Any]] = []
+        try:
+            for name, address, stub in (("clip_service", clip, clip_pb2_grpc.ClipServiceStub),
+                                        ("context_service", context, context_pb2_grpc.ContextServiceStub),
+                                        ("lvlm_service", lvlm, lvlm_pb2_grpc.LvlmServiceStub)):
+                pools.append(await open_pool(name, address, stub, max_message_mb, timeout_seconds,
+                                             keepalive_seconds, tls))
+        except BaseException:
+            for pool in pools:
+                await pool.close()
+            raise
+        clip_pool, context_pool, lvlm_pool = pools
+        return cls(clip_pool, context_pool, lvlm_pool, timeout_seconds)
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        for pool in (self.clip, self.context, self.lvlm):
+            await pool.close()
 
     async def model_infos(self) -> tuple[common_pb2.ModelInfo, common_pb2.ModelInfo]:
         request = common_pb2.GetModelInfoRequest()
-        clip = await call_dependency("clip_service", self._clip.GetModelInfo, request, self._timeout)
-        lvlm = await call_dependency("lvlm_service", self._lvlm.GetModelInfo, request, self._timeout)
+        clip = await self.clip.call(lambda s: s.GetModelInfo, request, self._timeout)
+        lvlm = await self.lvlm.call(lambda s: s.GetModelInfo, request, self._timeout)
         return clip, lvlm
 
     async def select_key_frames(
@@ -80,7 +99,7 @@ class ServiceClients:
             frames=[common_pb2.Image(data=f) for f in frames], texts=list(texts), strategy=strategy, seed=seed,
             joint=joint,
         )
-        response = await call_dependency("clip_service", self._clip.SelectKeyFrames, request, self._timeout)
+        response = await self.clip.call(lambda s: s.SelectKeyFrames, request, self._timeout)
         choices = [KeyFrameChoice(s.text, s.representative, tuple(s.key_frames)) for s in response.selections]
         shared = None
         if joint:
@@ -105,12 +124,12 @@ class ServiceClients:
             ],
             options=options,
         )
-        response = await call_dependency("context_service", self._context.BuildContexts, request, self._timeout)
+        response = await self.context.call(lambda s: s.BuildContexts, request, self._timeout)
         return [TextContexts(c.position_context.data, c.temporal_context.data) for c in response.contexts]
 
     async def _score(self, items: list[lvlm_pb2.ScoreItem], options: lvlm_pb2.ScoreOptions) -> lvlm_pb2.ScoreResponse:
         request = lvlm_pb2.ScoreRequest(items=items, options=options)
-        return await call_dependency("lvlm_service", self._lvlm.Score, request, self._timeout)
+        return await self.lvlm.call(lambda s: s.Score, request, self._timeout)
 
     async def score(
         self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], contexts: Sequence[TextContexts],

@@ -46,7 +46,7 @@ def scripted_score(text: str, kind: str, image: bytes) -> float:
     return int.from_bytes(digest[:4], "big") % 11 / 10
 
 
-def _image(request: dict[str, Any]) -> bytes:
+def request_image(request: dict[str, Any]) -> bytes:
     user = next(m for m in request["messages"] if m["role"] == "user")
     url = str(user["content"][0]["image_url"]["url"])
     return base64.b64decode(url.split(",", 1)[1])
@@ -87,7 +87,7 @@ class ScriptedLVLM:
             self._released.wait(timeout=120)
         prompt = prompt_text(request)
         kind = "P*" if "**Context**" in prompt else "P"
-        image = _image(request)
+        image = request_image(request)
         schema = (request.get("structured_outputs") or {}).get("json") or {}
         texts = _texts(prompt, schema)
         scores = {t: scripted_score(t, kind, image) for t in texts}

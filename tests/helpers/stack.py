@@ -13,6 +13,7 @@ from services.context_service.server import build_service as build_context
 from services.lvlm_service.config import LvlmSettings
 from services.lvlm_service.server import build_service as build_lvlm
 from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.pipeline import Detector
 from services.orchestrator.server import build_service as build_orchestrator
 
 
@@ -59,11 +60,17 @@ async def start_lvlm(settings: LvlmSettings | None = None) -> RunningServer:
 
 
 async def start_orchestrator(clip: str, context: str, lvlm: str, **overrides: object) -> RunningServer:
+    return await start_orchestrator_with(Detector(), clip, context, lvlm, **overrides)
+
+
+async def start_orchestrator_with(detector: Detector, clip: str, context: str, lvlm: str,
+                                  **overrides: object) -> RunningServer:
+    """An orchestrator around the test's own `detector` (to look at the endpoints it calls)."""
     settings = OrchestratorSettings(host="127.0.0.1", port=0, clip_address=clip, context_address=context,
                                     lvlm_address=lvlm, log_format="text", grace_seconds=5.0)
     for key, value in overrides.items():
         setattr(settings, key, value)
-    running = await start_server(build_orchestrator(settings), settings)
+    running = await start_server(build_orchestrator(settings, detector), settings)
     await running.until_ready()
     return running
 

@@ -16,11 +16,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.common.discovery import parse_target
 from tests.helpers.fixtures import REPO_ROOT
 
 KUBERNETES_VERSION = "1.32.0"
 OVERLAYS = sorted((REPO_ROOT / "k8s" / "overlays").iterdir())
 PORTS = {"orchestrator": 50050, "clip": 50051, "context": 50052, "lvlm": 50053}
+METRICS_PORT, VLLM_PORT = 9100, 8000
+PREFIX = {name: f"ANYANOMALY_{name.upper()}" for name in PORTS}
+DISCOVERING = {"orchestrator", "context"}  # they follow the pods of the services they call
 
 
 CRDS = REPO_ROOT / "tests" / "data" / "crds"
@@ -71,6 +75,10 @@ def validate(resources: list[dict[str, Any]]) -> None:
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     overlay: Path = request.param
     return overlay.name, render(overlay)
+
+
+def env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def of_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -138,10 +146,13 @@ def test_every_service_is_deployed_probed_and_reachable(rendered: tuple[str, lis
     deployments, services = of_kind(resources, "Deployment"), of_kind(resources, "Service")
     assert set(deployments) == set(services) == set(PORTS)
     for name, port in PORTS.items():
-        assert services[name]["spec"]["ports"][0]["port"] == port
+        assert {p["name"]: p["port"] for p in services[name]["spec"]["ports"]}["grpc"] == port
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        settings = env(container)
+        # The native gRPC probe, on the service's port, or on its plaintext health port under TLS.
+        probed = int(settings[f"{PREFIX[name]}_HEALTH_PORT"]) if f"{PREFIX[name]}_TLS_CERT_FILE" in settings else port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == port, (name, probe)  # the native gRPC probe
+            assert container[probe]["grpc"]["port"] == probed, (name, probe)
 
 
 def test_pods_are_locked_down_and_sized(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -149,7 +160,8 @@ def test_pods_are_locked_down_and_sized(rendered: tuple[str, list[dict[str, Any]
     for name, deployment in of_kind(resources, "Deployment").items():
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["automountServiceAccountToken"] is False  # no API access where none is used
+        # API access only where endpoints are discovered (test_only_discovery_reads_the_api)
+        assert pod["automountServiceAccountToken"] is (name in DISCOVERING), name
         assert pod["terminationGracePeriodSeconds"] > 30  # longer than the services' 30 s drain
         for container in pod["containers"]:
             security = container["securityContext"]
@@ -157,6 +169,37 @@ def test_pods_are_locked_down_and_sized(rendered: tuple[str, list[dict[str, Any]
             assert security["capabilities"]["drop"] == ["ALL"]
             assert {"cpu", "memory"} <= set(container["resources"]["requests"]) <= set(
                 container["resources"]["limits"]), (name, container["name"])
+
+
+def test_only_discovery_reads_the_api(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """One Role: get/list/watch EndpointSlices, bound to the service accounts that discover."""
+    _, resources = rendered
+    assert not of_kind(resources, "ClusterRole") and not of_kind(resources, "ClusterRoleBinding")
+    roles, bindings = of_kind(resources, "Role"), of_kind(resources, "RoleBinding")
+    assert [role["rules"] for role in roles.values()] == [
+        [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}]]
+    (binding,) = bindings.values()
+    assert binding["roleRef"]["name"] in roles
+    namespace = binding["metadata"]["namespace"]
+    assert {(s["kind"], s["name"], s["namespace"]) for s in binding["subjects"]} == {
+        ("ServiceAccount", name, namespace) for name in DISCOVERING}
+    accounts = {d["spec"]["template"]["spec"]["serviceAccountName"] for d in of_kind(resources, "Deployment").values()
+                if d["metadata"]["name"] in DISCOVERING}
+    assert accounts == DISCOVERING
+
+
+def test_service_addresses_name_services_and_ports_that_exist(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, resources = rendered
+    services = of_kind(resources, "Service")
+    config = of_kind(resources, "ConfigMap")["orchestrator"]["data"]
+    context_args = of_kind(resources, "Deployment")["context"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    addresses = {name: config[f"ANYANOMALY_ORCHESTRATOR_{name.upper()}_ADDRESS"]
+                 for name in ("clip", "context", "lvlm")}
+    addresses["context -> clip"] = context_args[context_args.index("--clip-address") + 1]
+    for address in addresses.values():
+        target = parse_target(address)
+        assert target is not None, address
+        assert target.port in {p["name"] for p in services[target.service]["spec"]["ports"]}, address
 
 
 def test_every_deployment_has_a_disruption_budget(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -190,8 +233,68 @@ def test_network_policies_allow_only_the_pipelines_calls(rendered: tuple[str, li
     for policy in policies:
         target = policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name", "*")
         for rule in policy["spec"].get("ingress", []):
-            sources = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule.get("from", [])}
+            sources = set()
+            for peer in rule.get("from", []):
+                if "namespaceSelector" in peer:  # Prometheus, on the metrics ports only
+                    sources.add("namespace " + peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+                    assert {p["port"] for p in rule["ports"]} == {METRICS_PORT, VLLM_PORT}
+                else:
+                    sources.add(peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
             allowed.setdefault(target, set()).update(sources or {"anyone"})
     assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies)  # deny the rest
     assert allowed == {"orchestrator": {"anyone"}, "clip": {"orchestrator", "context"},
-                       "context": {"orchestrator"}, "lvlm": {"orchestrator"}}
+                       "context": {"orchestrator"}, "lvlm": {"orchestrator"}, "*": {"namespace monitoring"}}
+
+
+def test_monitoring_scrapes_every_service_and_vllm_in_production(
+        rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, resources = rendered
+    monitors = of_kind(resources, "ServiceMonitor")
+    if overlay != "prod-gpu":
+        assert not monitors
+        return
+    (monitor,) = monitors.values()
+    (selected,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert set(selected["values"]) == set(PORTS)
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "vllm"}
+    services, deployments = of_kind(resources, "Service"), of_kind(resources, "Deployment")
+    for name in PORTS:
+        assert services[name]["metadata"]["labels"]["app.kubernetes.io/name"] == name
+        service_ports = {p["name"]: p["targetPort"] for p in services[name]["spec"]["ports"]}
+        containers = deployments[name]["spec"]["template"]["spec"]["containers"]
+        served = {p["name"]: (c, p["containerPort"]) for c in containers for p in c.get("ports", [])}
+        container, port = served[service_ports["metrics"]]
+        assert port == METRICS_PORT
+        settings = {e["name"]: e["value"] for e in container.get("env", [])}
+        args = container.get("args", [])
+        flag = args[args.index("--metrics-port") + 1] if "--metrics-port" in args else None
+        assert str(METRICS_PORT) in (flag, *settings.values()), name  # the service serves it there
+    vllm, port = {p["name"]: (c, p["containerPort"]) for c in
+                  deployments["lvlm"]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}["vllm"]
+    assert port == VLLM_PORT and vllm["args"][vllm["args"].index("--host") + 1] == "0.0.0.0"
+
+
+def test_production_speaks_mutual_tls_between_services(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, resources = rendered
+    deployments, certificates = of_kind(resources, "Deployment"), of_kind(resources, "Certificate")
+    if overlay != "prod-gpu":
+        assert not certificates
+        return
+    for name in PORTS:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        settings, prefix = env(pod["containers"][0]), PREFIX[name]
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        folder = str(Path(settings[f"{prefix}_TLS_CERT_FILE"]).parent)
+        certificate = certificates[secrets[mounts[folder]]]  # the mounted Secret is a Certificate's
+        assert name in certificate["spec"]["dnsNames"]  # callers check the Service's short name
+        assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"])
+        assert settings[f"{prefix}_TLS_KEY_FILE"].startswith(folder)
+        # Only the orchestrator's clients go without a certificate; the services require one.
+        assert (f"{prefix}_TLS_CLIENT_CA_FILE" in settings) is (name != "orchestrator")
+        if name in DISCOVERING:  # callers trust the CA and present their certificate
+            assert settings[f"{prefix}_TLS_CA_FILE"] == settings.get(f"{prefix}_TLS_CLIENT_CA_FILE",
+                                                                     f"{folder}/ca.crt")
+            assert settings[f"{prefix}_TLS_CLIENT_CERT_FILE"] == settings[f"{prefix}_TLS_CERT_FILE"]
+    issuers = {c["spec"]["issuerRef"]["name"] for c in certificates.values()}
+    assert issuers <= set(of_kind(resources, "Issuer"))

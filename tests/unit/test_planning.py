@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from services.orchestrator.cli import main
-from services.orchestrator.planning import Site, calls_per_segment, plan
+from services.orchestrator.planning import Site, calls_per_segment, from_benchmark, plan
 
 
 def test_ten_cameras_two_texts_standard() -> None:
@@ -55,3 +56,40 @@ def test_calls_per_segment_by_mode_and_bad_plans() -> None:
         calls_per_segment("cheap", 1)
     with pytest.raises(ValueError, match="utilization"):
         plan(Site(cameras=1, texts=1, seconds_per_call=1, utilization=1.5))
+
+
+BENCHMARK = {"benchmark": "bench_lvlm", "concurrency": 8, "rows": [
+    {"texts": 1, "mode": "standard", "calls": 3, "wall_seconds": 0.4},
+    {"texts": 5, "mode": "standard", "calls": 15, "wall_seconds": 0.9},  # 2 waves of 8: 0.45 s a call
+    {"texts": 5, "mode": "multi_text", "calls": 3, "wall_seconds": 0.6},
+]}
+
+
+def test_call_times_come_from_the_benchmark_row_nearest_the_site() -> None:
+    # 4 texts, standard: nearest row is 5 texts (15 calls at 8 in flight: 2 waves) -> 0.9 / 2 = 0.45 s;
+    # calls per segment from the mode, 12, since the row measured 5 texts.
+    measured = from_benchmark(BENCHMARK, "standard", 4)
+    assert measured.seconds_per_call == pytest.approx(0.45) and measured.concurrency == 8
+    assert measured.calls_per_segment == 12
+    assert from_benchmark(BENCHMARK, "multi_text", 5).calls_per_segment == 3  # measured exactly
+    assert from_benchmark(BENCHMARK, "standard", 2).seconds_per_call == pytest.approx(0.4)  # 1 is nearer than 5
+    with pytest.raises(ValueError, match="no rows for mode 'fast'"):
+        from_benchmark(BENCHMARK, "fast", 1)
+    with pytest.raises(ValueError, match=r"not a benchmarks\.bench_lvlm result"):
+        from_benchmark({"rows": []}, "standard", 1)
+
+
+def test_the_command_plans_from_a_benchmark_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 12 cameras x 25 / 24 = 12.5 segments/s x 15 calls = 187.5 calls/s; a pod: 8 / 0.45 x 0.7 = 12.44
+    # calls/s -> 15.07 -> 16 pods; latency 0.96 + 0.45 = 1.41 s.
+    result = tmp_path / "bench.json"
+    result.write_text(json.dumps(BENCHMARK))
+    assert main(["plan", "--cameras", "12", "--texts", "5", "--from-benchmark", str(result), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["site"]["concurrency"] == 8 and printed["plan"]["calls_per_segment"] == 15
+    assert printed["plan"]["pods"] == 16 and printed["plan"]["latency_seconds"] == pytest.approx(1.41)
+    assert main(["plan", "--cameras", "12", "--texts", "5", "--from-benchmark", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # one of the two sources is needed
+        main(["plan", "--cameras", "1", "--texts", "1"])
+    assert refused.value.code == 2 and "--from-benchmark" in capsys.readouterr().err

@@ -1,0 +1,144 @@
+"""The orchestrator follows the LVLM pods of a Kubernetes Service through its EndpointSlices
+while a detection runs: a Kubernetes API emulator (kmock) serves the slices the test writes,
+the pods are real lvlm_service processes on 127.0.0.1 (each in front of its own scripted
+OpenAI-compatible server, so every answer is known and traceable to its pod)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from anyanomaly.v1 import orchestrator_pb2
+
+from services.orchestrator.pipeline import Detector
+from tests.helpers.detect import detect, frame_folder, split
+from tests.helpers.fake_openai_server import FakeOpenAIServer
+from tests.helpers.kubernetes_api import READY, TERMINATING, Cluster, kubernetes_api
+from tests.helpers.scripted_lvlm import Answer, ScriptedLVLM, request_image
+from tests.helpers.service_process import ServiceProcess
+from tests.helpers.stack import start_clip, start_context, start_orchestrator, start_orchestrator_with
+
+TEXTS = ["bicycle"]
+SEGMENTS = 8
+FOLLOW_SECONDS = 5.0  # the bound on how long the endpoint set may lag the slices
+
+
+class Pod:
+    """An lvlm_service process in front of its own scripted LVLM server."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name, self.lvlm, self.killed = name, ScriptedLVLM(), False
+        self.engine = FakeOpenAIServer(answer=self.lvlm).__enter__()
+        self.service = ServiceProcess("services.lvlm_service", [
+            "--backend", "openai", "--openai-url", self.engine.url, "--openai-model", self.engine.model,
+            "--retry-backoff-seconds", "0.01"], folder / name)
+
+    async def put(self, cluster: Cluster, state: str) -> None:
+        await cluster.put_slice(f"lvlm-{self.name}", "lvlm", self.service.port, {"127.0.0.1": state})
+
+    def delivered(self) -> list[Answer]:
+        """The answers that reached lvlm_service: a pod killed while its engine held calls never
+        got those answers (they are recorded after the release, at the end)."""
+        if self.killed and self.lvlm.hold_after is not None:
+            return self.lvlm.answers[:self.lvlm.hold_after]
+        return self.lvlm.answers
+
+    def images(self, start: int = 0, stop: int | None = None) -> set[str]:
+        """The images of the requests this pod's engine received, [start:stop] in order."""
+        return {hashlib.sha256(request_image(r)).hexdigest() for r in self.engine.requests[start:stop]}
+
+    def close(self) -> None:
+        self.service.stop()
+        self.lvlm.release()
+        self.engine.__exit__()
+
+
+async def held(pod: Pod) -> None:
+    assert await asyncio.to_thread(pod.lvlm.holding.wait, 120), f"no call reached pod {pod.name}"
+
+
+async def test_lvlm_pods_come_go_and_die_during_a_detection_without_losing_or_repeating_a_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 24 * SEGMENTS)))
+    pods = {name: Pod(name, tmp_path) for name in "abc"}
+    clip, _ = await start_clip()
+    context = await start_context(clip.address)
+    servers = [context, clip]
+    try:
+        await asyncio.gather(*(p.service.serving() for p in pods.values()))
+        a, b, c = pods.values()
+
+        # The uninterrupted run, on a fixed address, for what every answer and result must be.
+        reference_pod = Pod("reference", tmp_path)
+        try:
+            await reference_pod.service.serving()
+            plain = await start_orchestrator(clip.address, context.address, reference_pod.service.address,
+                                             max_segments_in_flight=1)
+            _, reference, reference_summary = split(await detect(plain.address, source, TEXTS))
+            await plain.shutdown(1.0)
+            expected_answers = Counter(reference_pod.lvlm.answers)
+            calls_per_segment = reference_pod.lvlm.calls // SEGMENTS
+            first_two_segments = reference_pod.images(0, 2 * calls_per_segment)
+        finally:
+            reference_pod.close()
+        assert len(reference) == SEGMENTS and calls_per_segment >= 3
+
+        async with kubernetes_api(tmp_path) as cluster:
+            monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+            await a.put(cluster, READY)
+            detector = Detector()
+            orchestrator = await start_orchestrator_with(detector, clip.address, context.address,
+                                                         "kubernetes:///lvlm:grpc", max_segments_in_flight=1)
+            try:
+                pool = detector.clients.lvlm
+                assert await pool.wait_until(lambda p: p.addresses == {a.service.address}, FOLLOW_SECONDS)
+
+                a.lvlm.hold_after = calls_per_segment  # segment 0 is scored on a; segment 1 waits there
+                run = asyncio.create_task(detect(orchestrator.address, source, TEXTS))
+                await held(a)
+
+                await b.put(cluster, READY)  # scale-up: a second pod becomes ready
+                assert await pool.wait_until(lambda p: b.service.address in p.addresses, FOLLOW_SECONDS)
+
+                await a.put(cluster, TERMINATING)  # scale-down: a's pod is told to stop
+                assert await pool.wait_until(lambda p: p.addresses == {b.service.address}
+                                             and p.leaving == {a.service.address}, FOLLOW_SECONDS)
+                b.lvlm.hold_after = 2 * calls_per_segment  # segments 2 and 3 on b; segment 4 waits there
+                a.lvlm.release()  # the call in flight on the terminating pod finishes there
+                assert await pool.wait_until(lambda p: not p.leaving, FOLLOW_SECONDS)  # then a's channel closes
+                await held(b)
+
+                await c.put(cluster, READY)
+                assert await pool.wait_until(lambda p: c.service.address in p.addresses, FOLLOW_SECONDS)
+                b.service.kill()  # b's pod dies with segment 4 in flight: it is scored again, on c
+                b.killed = True
+                await cluster.delete_slice("lvlm-a")
+                updates = await asyncio.wait_for(run, 120)
+
+                await cluster.delete_slice("lvlm-b")
+                assert await pool.wait_until(lambda p: p.addresses == {c.service.address} and not p.leaving,
+                                             FOLLOW_SECONDS)
+            finally:  # before the API server goes: the orchestrator's watch ends first
+                await orchestrator.shutdown(1.0)
+    finally:
+        for server in servers:
+            await server.shutdown(1.0)
+        for pod in pods.values():
+            pod.close()
+
+    _, segments, summary = split(updates)
+    assert [s.index for s in segments] == list(range(SEGMENTS))  # none lost, none twice
+    assert [s.score for s in segments] == [s.score for s in reference]
+    assert [list(s.scores) for s in segments] == [list(s.scores) for s in reference]  # streams, reasons
+    assert list(summary.frame_scores) == list(reference_summary.frame_scores)
+    # Nothing was sent to a once it was terminating: it saw segments 0 and 1 only.
+    assert len(a.engine.requests) == 2 * calls_per_segment and a.images() == first_two_segments
+    assert len(b.delivered()) == 2 * calls_per_segment
+    assert b.lvlm.calls > b.lvlm.hold_after  # segment 4 was on b when it died...
+    assert b.images(2 * calls_per_segment) <= c.images()  # ... and was scored on c
+    # Every (text, prompt, image) answered and delivered exactly as often as in the plain run.
+    assert Counter(a.delivered() + b.delivered() + c.delivered()) == expected_answers
