@@ -27,6 +27,7 @@ from services.common.clients import (
     KEEPALIVE_SECONDS,
     dependency_error,
     endpoint_list,
+    failed_service,
     open_channel,
 )
 from services.common.deadlines import remaining
@@ -45,6 +46,11 @@ FIRST_BACKOFF_SECONDS = 0.2  # once every endpoint has failed a call, before try
 MAX_BACKOFF_SECONDS = 2.0
 NO_ENDPOINT_WAIT_SECONDS = 30.0  # a call waits this long for a first endpoint (pods starting)
 TLS_CHECK_SECONDS = 10.0  # how often a pool looks for renewed TLS files (then opens new connections)
+EJECT_SECONDS = 5.0  # an endpoint that answered UNAVAILABLE goes last for this long
+# Retry throttling, as gRPC's own (services/common/clients.py): a failed attempt costs a token, a
+# success earns half of one, and below half of the tokens nothing is retried, so a dependency
+# that is down is not hammered by every hop above it.
+MAX_TOKENS, TOKEN_RATIO = 100.0, 0.5
 
 ENDPOINTS = Gauge("anyanomaly_endpoints", "endpoints of a service this process calls: ready (take new calls) or "
                   "leaving (finishing their calls)", ["service", "state"])
@@ -59,6 +65,7 @@ class Endpoint(Generic[S]):
     stub: S
     in_flight: int = 0
     leaving: bool = False  # out of the set: no new calls, closed when idle
+    ejected_until: float = 0.0  # answered UNAVAILABLE: picked only when nothing else is left
 
 
 class EndpointPool(Generic[S]):
@@ -77,6 +84,7 @@ class EndpointPool(Generic[S]):
         self._closing: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._turn = itertools.count()
+        self._tokens = MAX_TOKENS
         self.discovery: EndpointSliceWatcher | None = None
 
     @property
@@ -99,8 +107,12 @@ class EndpointPool(Generic[S]):
         removed = self._endpoints.keys() - wanted
         if not added and not removed:
             return
-        for address in sorted(added):
-            self._endpoints[address] = self._endpoint(address)
+        try:
+            opened = {address: self._endpoint(address) for address in sorted(added)}
+        except StartupError as exc:  # TLS files that cannot be used: the set stays as it is
+            log.error("%s: cannot connect to new endpoints: %s", self.service, exc)
+            return
+        self._endpoints.update(opened)
         for address in sorted(removed):
             self._retire(self._endpoints.pop(address))
         log.info("%s endpoints changed", self.service,
@@ -156,8 +168,9 @@ class EndpointPool(Generic[S]):
 
     async def call(self, method: Callable[[S], Callable[..., Awaitable[T]]], request: Any,
                    timeout: float | None) -> T:
-        """`method(stub)(request)` on the least busy endpoint; UNAVAILABLE goes on to another one,
-        within `timeout` seconds over all attempts (and the deadline of the RPC being served)."""
+        """`method(stub)(request)` on the least busy endpoint; UNAVAILABLE from that endpoint goes
+        on to another one, within `timeout` seconds over all attempts (and the deadline of the RPC
+        being served). Only for methods that change nothing: an attempt may be repeated."""
         budget = remaining(timeout)
         deadline = None if budget is None else time.monotonic() + budget
         failed: set[str] = set()
@@ -168,24 +181,43 @@ class EndpointPool(Generic[S]):
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             endpoint.in_flight += 1
             try:
-                return await method(endpoint.stub)(request, timeout=left)
+                answer = await method(endpoint.stub)(request, timeout=left)
+                self._tokens = min(MAX_TOKENS, self._tokens + TOKEN_RATIO)
+                return answer
             except grpc.aio.AioRpcError as error:
-                last = attempt == self._attempts or (deadline is not None and time.monotonic() >= deadline)
-                if error.code() != grpc.StatusCode.UNAVAILABLE or last:
+                if not self._retry(error, endpoint, attempt, deadline):
                     raise dependency_error(self.service, error) from error
-                log.warning("%s at %s unavailable; trying another endpoint", self.service, endpoint.address,
-                            extra={"attempt": attempt, "error": error.details()})
-                RETRIED.labels(self.service).inc()
                 failed.add(endpoint.address)
                 if not self._endpoints.keys() - failed:  # every endpoint failed once: wait, then try again
                     failed.clear()
-                    await asyncio.sleep(backoff if deadline is None else min(backoff, deadline - time.monotonic()))
+                    pause = backoff if deadline is None else min(backoff, deadline - time.monotonic())
+                    await asyncio.sleep(max(pause, 0.0))
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise dependency_error(self.service, error) from error
             finally:
                 endpoint.in_flight -= 1
                 if endpoint.leaving:
                     self._close_when_idle(endpoint)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _retry(self, error: grpc.aio.AioRpcError, endpoint: Endpoint[S], attempt: int,
+               deadline: float | None) -> bool:
+        """Whether a failed attempt goes on to another endpoint: UNAVAILABLE from this service's
+        endpoint itself (not from a service further down, which another endpoint would reach
+        too), attempts and time left, and retries not throttled."""
+        if error.code() != grpc.StatusCode.UNAVAILABLE or failed_service(error) not in ("", self.service):
+            return False
+        endpoint.ejected_until = time.monotonic() + EJECT_SECONDS
+        self._tokens = max(0.0, self._tokens - 1)
+        if attempt == self._attempts or self._tokens <= MAX_TOKENS / 2:
+            return False
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        log.warning("%s at %s unavailable; trying another endpoint", self.service, endpoint.address,
+                    extra={"attempt": attempt, "error": error.details()})
+        RETRIED.labels(self.service).inc()
+        return True
 
     async def _pick(self, failed: set[str], deadline: float | None) -> Endpoint[S]:
         while not self._endpoints:
@@ -194,7 +226,9 @@ class EndpointPool(Generic[S]):
             if wait <= 0 or not await wait_event(self._changed, wait):
                 raise DependencyUnavailable(f"{self.service}: no ready endpoint for {self.target}",
                                             service=self.service)
-        candidates = [e for a, e in self._endpoints.items() if a not in failed] or list(self._endpoints.values())
+        now = time.monotonic()
+        untried = [e for a, e in self._endpoints.items() if a not in failed] or list(self._endpoints.values())
+        candidates = [e for e in untried if e.ejected_until <= now] or untried  # a failing one goes last
         start = next(self._turn) % len(candidates)  # ties go round the endpoints
         rotated = candidates[start:] + candidates[:start]
         return min(rotated, key=lambda e: e.in_flight)
@@ -213,6 +247,7 @@ class EndpointPool(Generic[S]):
         channels = [e.channel for e in (*self._endpoints.values(), *self._leaving)]
         self._endpoints.clear()
         self._leaving.clear()
+        self._notify()
         await asyncio.gather(*(c.close() for c in channels), *self._closing, return_exceptions=True)
 
 
@@ -222,28 +257,37 @@ async def open_pool(service: str, address: str, stub_type: Callable[[grpc.aio.Ch
     """The pool for a service address: `kubernetes:///SERVICE[.NAMESPACE]:PORT` follows the
     Service's ready pods; "a:p,b:p" is a fixed set; one address (host:port, dns:///name:port) is
     one channel that balances round-robin over what the name resolves to and retries there.
-    With `tls`, a pod (reached by IP) must present a certificate for the Service's name."""
+    With `tls`, a pod (reached by IP) must present a certificate for the Service's name.
+    Without access to the Kubernetes API (no service account token, no kubeconfig), a
+    kubernetes:/// address with a port number falls back to DNS round-robin over the Service."""
     try:
         target = parse_target(address)
         endpoints = endpoint_list(address) if target is None and "," in address else [address]
     except ValueError as exc:
         raise StartupError(f"{service} address: {exc}") from None
+    server_name = target.service if target else ""
 
     def endpoint_channel(endpoint: str) -> grpc.aio.Channel:
         return open_channel(endpoint, max_message_mb, default_timeout, keepalive_seconds, retries=False, tls=tls,
-                            server_name=target.service if target else "")
+                            server_name=server_name)
 
     if target is not None:
         pool = EndpointPool(service, str(target), endpoint_channel, stub_type, tls=tls)
         pool.discovery = EndpointSliceWatcher(target, pool.set_endpoints)
-        await pool.discovery.start()
-        return pool
+        try:
+            await pool.discovery.start()
+            return pool
+        except StartupError as exc:
+            if not target.port.isdigit():
+                raise
+            endpoints = [target.dns_address()]
+            log.warning("%s: %s; calling %s instead (DNS round-robin)", service, exc, endpoints[0])
     if len(endpoints) > 1:
         pool = EndpointPool(service, address, endpoint_channel, stub_type, tls=tls)
         pool.set_endpoints(endpoints)
         return pool
-    pool = EndpointPool(service, address, lambda a: open_channel(a, max_message_mb, default_timeout,
-                                                                 keepalive_seconds, tls=tls), stub_type, attempts=1,
-                        tls=tls)
-    pool.set_endpoints([address])
+    pool = EndpointPool(service, endpoints[0], lambda a: open_channel(
+        a, max_message_mb, default_timeout, keepalive_seconds, tls=tls, server_name=server_name),
+        stub_type, attempts=1, tls=tls)
+    pool.set_endpoints(endpoints)
     return pool

@@ -1,12 +1,12 @@
 """Endpoints of a Kubernetes Service, followed through its EndpointSlices.
 
-A target `kubernetes:///SERVICE[.NAMESPACE]:PORT` (PORT: the Service port's name, e.g. `grpc`,
-or the container port number) is resolved by listing, then watching, the EndpointSlices labelled
+A target `kubernetes:///SERVICE[.NAMESPACE]:PORT` (PORT: the port's name, e.g. `grpc`, or its
+number, the pods' port) is resolved by listing, then watching, the EndpointSlices labelled
 `kubernetes.io/service-name=SERVICE`. An endpoint counts while it is ready and not terminating
 (a pod that is shutting down, or failing its readiness probe, drops out at once; calls already
-on it finish). Needs get/list/watch on endpointslices in that namespace (k8s/base/orchestrator.yaml)
-and the Kubernetes API: the pod's service account in a cluster, else $KUBECONFIG or
-~/.kube/config. The client is only imported when such a target is used.
+on it finish). Needs get/list/watch on endpointslices in that namespace
+(k8s/base/discovery-rbac.yaml) and the Kubernetes API: $KUBECONFIG when set, else the pod's
+service account in a cluster, else ~/.kube/config. The client is only imported when such a target is used.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class KubernetesTarget:
 
     def __str__(self) -> str:
         return f"{SCHEME}{self.service}.{self.namespace}:{self.port}"
+
+    def dns_address(self) -> str:
+        """The Service by DNS (needs a port number): gRPC's round robin over its records."""
+        return f"dns:///{self.service}.{self.namespace}.svc:{self.port}"
 
 
 def parse_target(address: str) -> KubernetesTarget | None:
@@ -96,6 +100,8 @@ class EndpointSliceWatcher:
         self._slices: dict[str, Mapping[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self._api: Any = None
+        self._warned = False  # about a port the slices do not have
+        self._backoff = RETRY_MIN_SECONDS
 
     async def start(self) -> None:
         """Connect to the API (a missing configuration stops start-up with what to do), then
@@ -105,7 +111,7 @@ class EndpointSliceWatcher:
 
         configuration = client.Configuration()
         try:
-            if environment("KUBERNETES_SERVICE_HOST"):  # set in every pod
+            if environment("KUBERNETES_SERVICE_HOST") and not environment("KUBECONFIG"):  # in a pod
                 config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             else:
                 await config.load_kube_config(  # type: ignore[no-untyped-call]
@@ -114,7 +120,8 @@ class EndpointSliceWatcher:
             raise StartupError(
                 f"{self.target}: no Kubernetes API to discover endpoints with ({exc}); run in a pod whose service "
                 "account may get/list/watch endpointslices (automountServiceAccountToken: true), set KUBECONFIG, "
-                "or give the address as host:port or dns:///name:port") from exc
+                "give the port as a number (DNS round-robin is used then), or give the address as host:port or "
+                "dns:///name:port") from exc
         self._api = client.DiscoveryV1Api(client.ApiClient(configuration))
         self._task = asyncio.create_task(self._follow())
 
@@ -126,42 +133,59 @@ class EndpointSliceWatcher:
             await self._api.api_client.close()
 
     async def _follow(self) -> None:
-        backoff = RETRY_MIN_SECONDS
+        from kubernetes.aio.client.exceptions import ApiException
+
         while True:
             try:
                 await self._list_and_watch()
-                backoff = RETRY_MIN_SECONDS
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 (the API unreachable, forbidden, a watch expired: list again)
-                log.warning("endpoint discovery of %s failed; retrying", self.target,
-                            extra={"error": str(exc)[:300], "retry_seconds": round(backoff, 2)})
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, RETRY_MAX_SECONDS)
+            except ApiException as exc:
+                if exc.status == 410:  # the watch fell too far behind (the API keeps a window): list again
+                    log.info("endpoint watch of %s expired; listing again", self.target)
+                    await asyncio.sleep(RETRY_MIN_SECONDS)
+                    continue
+                await self._pause(exc)
+            except Exception as exc:  # noqa: BLE001 (the API unreachable, a broken stream: list again)
+                await self._pause(exc)
+
+    async def _pause(self, exc: Exception) -> None:
+        log.warning("endpoint discovery of %s failed; retrying", self.target,
+                    extra={"error": str(exc)[:300], "retry_seconds": round(self._backoff, 2)})
+        await asyncio.sleep(self._backoff * random.uniform(0.8, 1.2))
+        self._backoff = min(self._backoff * 2, RETRY_MAX_SECONDS)
 
     async def _list_and_watch(self) -> None:
+        """List the slices, then follow them until the watch breaks (each watch the API server
+        ends after WATCH_SECONDS resumes where it stopped)."""
         from kubernetes.aio import watch
 
         selector = f"{SERVICE_NAME_LABEL}={self.target.service}"
         listing = await self._api.list_namespaced_endpoint_slice(self.target.namespace, label_selector=selector)
-        serialize = self._api.api_client.sanitize_for_serialization
-        self._slices = {s.metadata.name: serialize(s) for s in listing.items if self._ours(serialize(s))}
+        slices = [self._api.api_client.sanitize_for_serialization(s) for s in listing.items]
+        self._slices = {s["metadata"]["name"]: s for s in slices if self._ours(s)}
+        self._backoff = RETRY_MIN_SECONDS  # the API answers again
         self._changed()
-        async with watch.Watch() as stream:  # type: ignore[no-untyped-call]
-            async for event in stream.stream(
-                self._api.list_namespaced_endpoint_slice, self.target.namespace, label_selector=selector,
-                resource_version=listing.metadata.resource_version, timeout_seconds=WATCH_SECONDS,
-                allow_watch_bookmarks=True,
-            ):
-                slice_ = event["raw_object"]
-                if event["type"] == "BOOKMARK" or not self._ours(slice_):
-                    continue
-                name = slice_["metadata"]["name"]
-                if event["type"] == "DELETED":
-                    self._slices.pop(name, None)
-                else:  # ADDED, MODIFIED
-                    self._slices[name] = slice_
-                self._changed()
+        version = listing.metadata.resource_version
+        while True:
+            async with watch.Watch() as stream:  # type: ignore[no-untyped-call]
+                async for event in stream.stream(
+                    self._api.list_namespaced_endpoint_slice, self.target.namespace, label_selector=selector,
+                    resource_version=version, timeout_seconds=WATCH_SECONDS, allow_watch_bookmarks=True,
+                ):
+                    self._apply(event)
+                version = stream.resource_version or version
+
+    def _apply(self, event: Mapping[str, Any]) -> None:
+        slice_ = event["raw_object"]
+        if event["type"] == "BOOKMARK" or not self._ours(slice_):
+            return
+        name = slice_["metadata"]["name"]
+        if event["type"] == "DELETED":
+            self._slices.pop(name, None)
+        else:  # ADDED, MODIFIED
+            self._slices[name] = slice_
+        self._changed()
 
     def _ours(self, slice_: Mapping[str, Any]) -> bool:
         labels = (slice_.get("metadata") or {}).get("labels") or {}
@@ -171,4 +195,9 @@ class EndpointSliceWatcher:
         usable, terminating = endpoint_addresses(self._slices.values(), self.target.port)
         if terminating:
             log.debug("terminating endpoints of %s", self.target, extra={"terminating": sorted(terminating)})
+        ports = {str(p.get(k)) for s in self._slices.values() for p in s.get("ports") or [] for k in ("name", "port")}
+        if self._slices and self.target.port not in ports and not self._warned:
+            self._warned = True
+            log.warning("%s: the Service's EndpointSlices have no port %r (they have %s)", self.target,
+                        self.target.port, ", ".join(sorted(ports)))
         self._publish(usable)

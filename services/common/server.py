@@ -176,7 +176,7 @@ def _loopback(host: str) -> bool:
 async def _start_health_server(health: HealthServicer, settings: ServerSettings) -> grpc.aio.Server:
     """The health service alone, in plaintext: what Kubernetes' gRPC probes can reach when the
     service port speaks TLS. It tells SERVING or NOT_SERVING, nothing else."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a busy port is an error
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"{settings.host}:{settings.health_port}"
     try:

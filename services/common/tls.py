@@ -10,6 +10,7 @@ already open keep the certificate they were made with.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import threading
@@ -120,9 +121,15 @@ class ClientTls:
         return _version((self.ca, self.cert, self.key))
 
     def credentials(self) -> grpc.ChannelCredentials:
-        if self.cert:
-            _check_pair(self.cert, self.key)
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca, "TLS CA"),
-            private_key=_read(self.key, "TLS client key") if self.key else None,
-            certificate_chain=_read(self.cert, "TLS client certificate") if self.cert else None)
+        """From the files as they are now (read once per change of the files)."""
+        return _channel_credentials(self, self.version())
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_credentials(tls: ClientTls, version: Version) -> grpc.ChannelCredentials:
+    if tls.cert:
+        _check_pair(tls.cert, tls.key)
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca, "TLS CA"),
+        private_key=_read(tls.key, "TLS client key") if tls.key else None,
+        certificate_chain=_read(tls.cert, "TLS client certificate") if tls.cert else None)

@@ -234,6 +234,9 @@ async def _detect(args: argparse.Namespace) -> int:
     stack: EmbeddedStack | None = None
     address = args.address
     builder = ResultBuilder(request)
+    if not args.address and (args.tls_ca or args.tls_cert or args.tls_key):
+        raise UsageError("--tls-ca, --tls-cert and --tls-key are for an orchestrator at --address (the embedded "
+                         "stack runs on this machine, on 127.0.0.1)")
     tls = live_cli.client_tls(args) if args.address else None
     try:
         if stack_options is not None:

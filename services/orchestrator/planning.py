@@ -70,15 +70,18 @@ def plan(site: Site) -> Plan:
 @dataclass(frozen=True)
 class Measured:
     seconds_per_call: float  # one call's time with `concurrency` in flight
-    concurrency: int
+    concurrency: int  # the calls that were in flight
     calls_per_segment: int
     source: str  # which measurement, for the printout
 
 
 def from_benchmark(result: Mapping[str, Any], mode: str, texts: int) -> Measured:
     """Seconds per call from a `python -m benchmarks.bench_lvlm --json FILE` result: the row of
-    `mode` with the number of texts nearest `texts`. A segment's calls run `concurrency` at a
-    time, so its wall time is ceil(calls / concurrency) call times."""
+    `mode` with the number of texts nearest `texts`. The benchmark sends one segment at a time, so
+    min(calls, concurrency) calls were in flight, in ceil(calls / in flight) waves; the plan then
+    counts on that many calls at once per pod (on a batching GPU a pod may take more: measure with
+    more texts, or give --concurrency-per-pod and --lvlm-seconds-per-call from the engine's own
+    figures)."""
     try:
         concurrency = int(result["concurrency"])
         if concurrency < 1:
@@ -87,10 +90,11 @@ def from_benchmark(result: Mapping[str, Any], mode: str, texts: int) -> Measured
         if not rows:
             raise ValueError(f"the benchmark result has no rows for mode {mode!r}")
         row = min(rows, key=lambda r: (abs(int(r["texts"]) - texts), -int(r["texts"])))
-        waves = math.ceil(int(row["calls"]) / concurrency)
-        seconds = float(row["wall_seconds"]) / waves
+        calls, wall = int(row["calls"]), float(row["wall_seconds"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a benchmarks.bench_lvlm result ({exc!r} missing or malformed)") from None
-    calls = int(row["calls"]) if int(row["texts"]) == texts else calls_per_segment(mode, texts)
-    wall = float(row["wall_seconds"])
-    return Measured(seconds, concurrency, calls, f"{mode}, {row['texts']} texts: {row['calls']} calls in {wall:.3g} s")
+    in_flight = max(1, min(calls, concurrency))
+    seconds = wall / math.ceil(max(calls, 1) / in_flight)
+    per_segment = calls if int(row["texts"]) == texts else calls_per_segment(mode, texts)
+    return Measured(seconds, in_flight, per_segment,
+                    f"{mode}, {row['texts']} texts: {calls} calls, {in_flight} at a time, in {wall:.3g} s")

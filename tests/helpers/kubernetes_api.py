@@ -39,6 +39,7 @@ class Cluster:
     session: aiohttp.ClientSession
     kubeconfig: Path
     _names: set[str]
+    emulator: KubernetesEmulator
 
     async def put_slice(self, name: str, service: str, port: int, endpoints: Mapping[str, str]) -> None:
         body = endpoint_slice(name, service, port, endpoints)
@@ -68,4 +69,4 @@ async def kubernetes_api(folder: Path) -> AsyncIterator[Cluster]:
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
         }))
         async with aiohttp.ClientSession(base_url=url) as session:
-            yield Cluster(session, kubeconfig, set())
+            yield Cluster(session, kubeconfig, set(), emulator)

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from anyanomaly.v1 import orchestrator_pb2
+from kmock import KubernetesError, action
 
+from services.common.discovery import EndpointSliceWatcher, KubernetesTarget
 from services.orchestrator.pipeline import Detector
 from tests.helpers.detect import detect, frame_folder, split
 from tests.helpers.fake_openai_server import FakeOpenAIServer
@@ -89,6 +94,7 @@ async def test_lvlm_pods_come_go_and_die_during_a_detection_without_losing_or_re
 
         async with kubernetes_api(tmp_path) as cluster:
             monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+            monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # this API, even when run in a pod
             await a.put(cluster, READY)
             detector = Detector()
             orchestrator = await start_orchestrator_with(detector, clip.address, context.address,
@@ -142,3 +148,45 @@ async def test_lvlm_pods_come_go_and_die_during_a_detection_without_losing_or_re
     assert b.images(2 * calls_per_segment) <= c.images()  # ... and was scored on c
     # Every (text, prompt, image) answered and delivered exactly as often as in the plain run.
     assert Counter(a.delivered() + b.delivered() + c.delivered()) == expected_answers
+
+
+def first_request(kind: action) -> Callable[[Any], bool]:
+    """A kmock filter that matches only the first request of `kind` (LIST, WATCH)."""
+    chosen: list[Any] = []
+
+    def matches(request: Any) -> bool:
+        if request.action != kind:
+            return False
+        if not chosen:
+            chosen.append(request)  # kept, so that its identity is never reused
+        return request is chosen[0]
+
+    return matches
+
+
+async def test_the_watcher_lists_again_after_api_errors_and_an_expired_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with kubernetes_api(tmp_path) as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        cluster.emulator[first_request(action.LIST)] << KubernetesError(status=500, message="etcd is away")
+        cluster.emulator[first_request(action.WATCH)] << {  # the API's answer to a too old resourceVersion
+            "type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "code": 410, "reason": "Expired",
+                                        "message": "too old resource version"}}
+        await cluster.put_slice("lvlm-a", "lvlm", 50053, {"10.0.0.1": READY})
+        published: asyncio.Queue[set[str]] = asyncio.Queue()
+        watcher = EndpointSliceWatcher(KubernetesTarget("lvlm", "default", "grpc"), published.put_nowait)
+        with caplog.at_level(logging.INFO, logger="services.common.discovery"):
+            await watcher.start()
+            try:
+                assert await asyncio.wait_for(published.get(), 10) == {"10.0.0.1:50053"}  # after the 500
+                await cluster.put_slice("lvlm-b", "lvlm", 50053, {"10.0.0.2": READY})
+                while (latest := await asyncio.wait_for(published.get(), 10)) != {"10.0.0.1:50053",
+                                                                                  "10.0.0.2:50053"}:
+                    assert latest == {"10.0.0.1:50053"}  # the lists after the 500 and the 410
+            finally:
+                await watcher.close()
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (logging.WARNING, "endpoint discovery of kubernetes:///lvlm.default:grpc failed; retrying") in messages
+    assert (logging.INFO, "endpoint watch of kubernetes:///lvlm.default:grpc expired; listing again") in messages

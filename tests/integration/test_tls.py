@@ -148,9 +148,9 @@ async def test_renewed_certificates_are_used_without_a_restart(tmp_path: Path,
 
         install("new")
         assert await model_name(clip.address, caller)  # the same paths, the new CA and certificate
-        with pytest.raises(grpc.aio.AioRpcError):  # the old CA's certificate is no longer accepted
-            old_files = files["old"]
-            await model_name(clip.address, ClientTls(str(old_files["tls_ca_file"]),
+        old_files = files["old"]
+        with pytest.raises(grpc.aio.AioRpcError):  # the server no longer accepts the old CA's client certificate
+            await model_name(clip.address, ClientTls(str(files["new"]["tls_ca_file"]),
                                                      str(old_files["tls_client_cert_file"]),
                                                      str(old_files["tls_client_key_file"])))
         # The server restarts on its port, so context_service must connect anew: with the new files.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from services.common import discovery
 from services.common.discovery import KubernetesTarget, endpoint_addresses, parse_target
 
 
@@ -45,11 +47,15 @@ def test_an_empty_or_missing_endpoint_list_means_no_endpoints() -> None:
                               "grpc") == (set(), set())
 
 
-def test_kubernetes_targets_name_service_namespace_and_port() -> None:
+def test_kubernetes_targets_name_service_namespace_and_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discovery, "NAMESPACE_FILE", tmp_path / "none")  # not in a pod
     assert parse_target("kubernetes:///lvlm.prod:grpc") == KubernetesTarget("lvlm", "prod", "grpc")
     assert parse_target("kubernetes:///lvlm.prod.svc.cluster.local:50053") == KubernetesTarget("lvlm", "prod", "50053")
     assert parse_target("kubernetes:///lvlm:grpc") == KubernetesTarget("lvlm", "default", "grpc")  # not in a pod
     assert parse_target("dns:///lvlm:50053") is None and parse_target("10.0.0.1:50053") is None
+    (tmp_path / "namespace").write_text("vms\n")  # in a pod: its own namespace
+    monkeypatch.setattr(discovery, "NAMESPACE_FILE", tmp_path / "namespace")
+    assert parse_target("kubernetes:///lvlm:grpc") == KubernetesTarget("lvlm", "vms", "grpc")
 
 
 @pytest.mark.parametrize("address", ["kubernetes:///lvlm", "kubernetes:///:grpc", "kubernetes:///lvlm:"])

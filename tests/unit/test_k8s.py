@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -120,9 +121,15 @@ def test_lvlm_pods_scale_on_the_requests_waiting_for_them(rendered: tuple[str, l
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] > behavior["scaleUp"]["stabilizationWindowSeconds"]
     query = spec["triggers"][0]["metadata"]["query"]
     assert "vllm:num_requests_waiting" in query and "anyanomaly_lvlm_requests_waiting" in query  # the hidden queue
-    lvlm = of_kind(resources, "Deployment")["lvlm"]["spec"]["template"]["spec"]["containers"][0]
-    assert lvlm["args"][-2:] == ["--metrics-port", "9100"]
+    template = of_kind(resources, "Deployment")["lvlm"]["spec"]["template"]
+    lvlm = template["spec"]["containers"][0]
+    assert env(lvlm)["ANYANOMALY_LVLM_METRICS_PORT"] == "9100"
     assert {"name": "metrics", "containerPort": 9100} in lvlm["ports"]
+    # Every label the query selects on is on the scraped series: a pod label the ServiceMonitor copies.
+    (monitor,) = of_kind(resources, "ServiceMonitor").values()
+    copied = {re.sub(r"[^a-zA-Z0-9_]", "_", name): name for name in monitor["spec"]["podTargetLabels"]}
+    for label, value in re.findall(r'(\w+)="([^"]*)"', query):
+        assert template["metadata"]["labels"][copied[label]] == value, label
     assert of_kind(resources, "HorizontalPodAutoscaler")["orchestrator"]["spec"]["scaleTargetRef"]["name"] == \
         "orchestrator"
 
@@ -153,6 +160,9 @@ def test_every_service_is_deployed_probed_and_reachable(rendered: tuple[str, lis
         probed = int(settings[f"{PREFIX[name]}_HEALTH_PORT"]) if f"{PREFIX[name]}_TLS_CERT_FILE" in settings else port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == probed, (name, probe)
+        for other in deployments[name]["spec"]["template"]["spec"]["containers"]:  # vLLM's HTTP probes
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert "host" not in other.get(probe, {}).get("httpGet", {}), "the kubelet would probe its own node"
 
 
 def test_pods_are_locked_down_and_sized(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -196,10 +206,16 @@ def test_service_addresses_name_services_and_ports_that_exist(rendered: tuple[st
     addresses = {name: config[f"ANYANOMALY_ORCHESTRATOR_{name.upper()}_ADDRESS"]
                  for name in ("clip", "context", "lvlm")}
     addresses["context -> clip"] = context_args[context_args.index("--clip-address") + 1]
+    deployments = of_kind(resources, "Deployment")
     for address in addresses.values():
         target = parse_target(address)
         assert target is not None, address
-        assert target.port in {p["name"] for p in services[target.service]["spec"]["ports"]}, address
+        # A number (so that DNS can stand in without API access): the pods' gRPC port, behind the Service's.
+        container = deployments[target.service]["spec"]["template"]["spec"]["containers"][0]
+        grpc_port = {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"]
+        service_ports = {p["name"]: p for p in services[target.service]["spec"]["ports"]}
+        assert int(target.port) == grpc_port == service_ports["grpc"]["port"], address
+        assert service_ports["grpc"]["targetPort"] == "grpc"
 
 
 def test_every_deployment_has_a_disruption_budget(rendered: tuple[str, list[dict[str, Any]]]) -> None:
