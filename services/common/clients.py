@@ -127,37 +127,66 @@ def channel_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SE
     ]
 
 
-def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout: float | None) -> Any:
+def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout: float | None, token: str = "") -> Any:
     metadata = list(details.metadata or [])
     request_id = current_request_id()
     if request_id and not any(key == REQUEST_ID_HEADER for key, _ in metadata):
         metadata.append((REQUEST_ID_HEADER, request_id))
+    if token:
+        metadata.append(("authorization", f"Bearer {token}"))
     timeout = remaining(details.timeout if details.timeout is not None else default_timeout)
     return grpc.aio.ClientCallDetails(
         details.method, timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
     )
 
 
-class _CallDefaults(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, default_timeout: float | None) -> None:
-        self._timeout = default_timeout
+class _CallDefaults:
+    """Every call: a timeout, the request id, and the caller's bearer token when it has one."""
 
+    def __init__(self, default_timeout: float | None, token: str = "") -> None:
+        self._timeout, self._token = default_timeout, token
+
+    def _details(self, details: Any) -> Any:
+        return _with_defaults(details, self._timeout, self._token)
+
+
+# One interceptor per kind of call: a channel files an interceptor under the first kind it is an
+# instance of, so one class for all four would only ever see unary-unary calls.
+class _UnaryUnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return await continuation(_with_defaults(details, self._timeout), request)
+        return await continuation(self._details(details), request)
 
+
+class _UnaryStreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return await continuation(_with_defaults(details, self._timeout), request)
+        return await continuation(self._details(details), request)
+
+
+class _StreamUnaryDefaults(_CallDefaults, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+class _StreamStreamDefaults(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+def call_defaults(default_timeout: float | None, token: str = "") -> list[grpc.aio.ClientInterceptor]:
+    return [kind(default_timeout, token) for kind in (_UnaryUnaryDefaults, _UnaryStreamDefaults,
+                                                     _StreamUnaryDefaults, _StreamStreamDefaults)]
 
 
 def open_channel(
     address: str, max_message_mb: int = 64, default_timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     keepalive_seconds: float = KEEPALIVE_SECONDS, retries: bool = True, tls: ClientTls | None = None,
-    server_name: str = "",
+    server_name: str = "", token: str = "",
 ) -> grpc.aio.Channel:
     """A channel to `address`, over TLS when `tls` is given. `server_name`: the name the
-    server's certificate must carry, when it is not the address's host (a pod's IP)."""
+    server's certificate must carry, when it is not the address's host (a pod's IP). `token`:
+    sent as a bearer token on every call (the orchestrator's --tokens-file)."""
     options = channel_options(max_message_mb, keepalive_seconds, retries)
-    interceptors = [_CallDefaults(default_timeout)]
+    interceptors = call_defaults(default_timeout, token)
     if tls is None:
         return grpc.aio.insecure_channel(channel_target(address), options=options, interceptors=interceptors)
     if server_name:

@@ -39,6 +39,12 @@ class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Unauthenticated(ServiceError):
+    """No credentials, or ones that are not known."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class Overloaded(ServiceError):
     """Too much work queued; the caller should back off and retry."""
 

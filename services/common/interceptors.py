@@ -83,8 +83,10 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 class _Call:
     """Bookkeeping for one RPC: request id, deadline, timing, outcome, error mapping."""
 
-    def __init__(self, service: str, method: str, context: Context) -> None:
+    def __init__(self, service: str, method: str, context: Context, authorize: Authorize | None) -> None:
         self.service, self.method, self.context = service, method, context
+        self.authorize = authorize
+        self.caller = ""  # the token's name, when the service checks tokens
         self.request_id = _request_id(context)
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
@@ -94,6 +96,8 @@ class _Call:
         """Make the request id and the caller's deadline current; refuse a malformed request."""
         self.context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
         self._tokens = (set_request_id(self.request_id), set_deadline(self.context.time_remaining()))
+        if self.authorize is not None:
+            self.caller = self.authorize(self.method, tuple(self.context.invocation_metadata() or ()))
         if isinstance(request, Malformed):
             raise InvalidInput(request.message)
 
@@ -115,7 +119,8 @@ class _Call:
         elapsed = time.perf_counter() - self.started
         RPC_TOTAL.labels(self.service, self.method, self.code.name).inc()
         RPC_SECONDS.labels(self.service, self.method).observe(elapsed)
-        log.info("rpc", extra={"method": self.method, "code": self.code.name, "ms": round(elapsed * 1000, 1)})
+        log.info("rpc", extra={"method": self.method, "code": self.code.name, "ms": round(elapsed * 1000, 1),
+                               **({"caller": self.caller} if self.caller else {})})
         if self._tokens is not None:
             reset_request_id(self._tokens[0])
             reset_deadline(self._tokens[1])
@@ -124,12 +129,17 @@ class _Call:
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]  # generic only in the type stubs
 
+# (method, the call's metadata) -> the caller's name; raises Unauthenticated or PermissionDenied.
+Authorize = Callable[[str, tuple[Any, ...]], str]
+
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every application RPC (health and reflection pass through untouched)."""
+    """Wraps every application RPC (health and reflection pass through untouched, also past
+    `authorize`)."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, authorize: Authorize | None = None) -> None:
         self._service = service
+        self._authorize = authorize
 
     async def intercept_service(
         self,
@@ -160,7 +170,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         assert behavior is not None
 
         async def unary(request: Any, context: Context) -> Any:
-            call = _Call(self._service, method, context)
+            call = _Call(self._service, method, context, self._authorize)
             try:
                 call.begin(None if streaming_in else request)
                 return await behavior(_checked(request) if streaming_in else request, context)
@@ -184,7 +194,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return self._wrap_unary(behavior, method, streaming_in)
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            call = _Call(self._service, method, context)
+            call = _Call(self._service, method, context, self._authorize)
             try:
                 call.begin(None if streaming_in else request)
                 async for response in behavior(_checked(request) if streaming_in else request, context):

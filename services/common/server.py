@@ -28,7 +28,7 @@ from prometheus_client import start_http_server
 from services.common.clients import KEEPALIVE_SECONDS, MIN_KEEPALIVE_SECONDS
 from services.common.config import ServerSettings
 from services.common.errors import StartupError
-from services.common.interceptors import ServiceInterceptor
+from services.common.interceptors import Authorize, ServiceInterceptor
 from services.common.lifeline import die_with_parent
 from services.common.tls import ServerTls
 
@@ -56,6 +56,7 @@ class ServiceSpec:
     stop: Callable[[], Awaitable[None]] = field(default=_nothing)  # release resources
     # Before in-flight RPCs get their grace: end endless streams (watchers) and background work.
     drain: Callable[[], Awaitable[None]] = field(default=_nothing)
+    authorize: Authorize | None = None  # checks each application RPC's credentials (the public API)
 
 
 class RunningServer:
@@ -129,7 +130,7 @@ def server_options(max_message_mb: int, keepalive_seconds: float = KEEPALIVE_SEC
 async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningServer:
     """Bind and start the server; readiness follows asynchronously (see RunningServer)."""
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(spec.name)],
+        interceptors=[ServiceInterceptor(spec.name, spec.authorize)],
         options=server_options(settings.max_message_mb, settings.keepalive_seconds,
                                settings.max_connection_age_seconds),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,

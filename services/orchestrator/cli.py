@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 from anyanomaly.v1 import common_pb2, orchestrator_pb2
 
+from services.common import auth
 from services.common.clients import failed_service
 from services.common.enums import (
     KEY_FRAME_STRATEGY,
@@ -43,7 +44,8 @@ from services.orchestrator import live_cli, planning
 from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
 
 PROG = "anyanomaly"
-BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
+BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+                   grpc.StatusCode.UNAUTHENTICATED}
 
 
 class UsageError(Exception):
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what counts as an anomaly, e.g. 'bicycle'; repeat for several; 'a-b' means a and b")
     detect.add_argument("--output", type=Path, default=None, help="write the result JSON here")
     detect.add_argument("--address", default="", help="an orchestrator HOST:PORT (default: start the embedded stack)")
-    live_cli.tls_options(detect)
+    live_cli.connection_options(detect)
     _add_stack_options(detect)
     detect.add_argument("--preset", default="", help="dataset preset: shtech (default), avenue or custom")
     detect.add_argument("--segment-length", type=int, default=0, help="frames per segment (default 24)")
@@ -110,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
 
     live_cli.add_commands(commands)
+
+    token = commands.add_parser("token", help="make a bearer token for the orchestrator's --tokens-file")
+    token.add_argument("action", choices=("new",))
+    token.add_argument("--name", required=True, help="who or what uses it (shown in the access log)")
+    token.add_argument("--scopes", required=True,
+                       help=f"comma-separated: {', '.join(auth.SCOPES)}, or * for all")
+    token.add_argument("--json", action="store_true")
 
     capacity = commands.add_parser("plan", help="LVLM pods and GPUs for a site's cameras and texts")
     capacity.add_argument("--cameras", type=int, required=True)
@@ -234,16 +243,17 @@ async def _detect(args: argparse.Namespace) -> int:
     stack: EmbeddedStack | None = None
     address = args.address
     builder = ResultBuilder(request)
-    if not args.address and (args.tls_ca or args.tls_cert or args.tls_key):
-        raise UsageError("--tls-ca, --tls-cert and --tls-key are for an orchestrator at --address (the embedded "
-                         "stack runs on this machine, on 127.0.0.1)")
+    if not args.address and (args.tls_ca or args.tls_cert or args.tls_key or args.token_file):
+        raise UsageError("--tls-ca, --tls-cert, --tls-key and --token-file are for an orchestrator at --address "
+                         "(the embedded stack runs on this machine, on 127.0.0.1)")
     tls = live_cli.client_tls(args) if args.address else None
+    token = live_cli.client_token(args) if args.address else ""
     try:
         if stack_options is not None:
             stack = EmbeddedStack(stack_options)
             await stack.start()
             address = stack.orchestrator_address
-        await detect_into(builder, address, None if args.quiet else "detect", tls=tls)
+        await detect_into(builder, address, None if args.quiet else "detect", tls=tls, token=token)
     except grpc.aio.AioRpcError as error:
         details = error.details() or error.code().name
         if error.code() in BAD_INPUT_CODES:
@@ -288,6 +298,22 @@ async def _eval(args: argparse.Namespace) -> int:
     average = report["averages"]["all"]
     print(f"  {'average':24} {average if isinstance(average, str) else f'{100 * average:.2f}':>9}")
     print(f"  report: {args.output_dir / 'report.md'}")
+    return 0
+
+
+async def _token(args: argparse.Namespace) -> int:
+    """A new token, and the line that grants it (the file keeps only its hash)."""
+    token = auth.new_token()
+    line = f"{args.name} {args.scopes} {auth.token_hash(token)}"
+    try:
+        auth.parse_tokens(line, "the new line")  # the name and scopes as the orchestrator will read them
+    except ValueError as error:
+        raise UsageError(str(error).replace("the new line line 1: ", "")) from error
+    if args.json:
+        print(json.dumps({"name": args.name, "scopes": args.scopes.split(","), "token": token, "line": line}))
+        return 0
+    print(f"token (give it to the client; it is shown only now): {token}")
+    print(f"line for the orchestrator's tokens file: {line}")
     return 0
 
 
@@ -374,7 +400,7 @@ class ServiceFailure(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"serve": _serve, "detect": _detect, "eval": _eval, "monitors": live_cli.run, "events": live_cli.run,
-               "jobs": live_cli.run, "plan": _plan}[args.command]
+               "jobs": live_cli.run, "plan": _plan, "token": _token}[args.command]
     try:
         return asyncio.run(_interruptible(command, args))
     except Interrupted as stop:

@@ -29,9 +29,9 @@ RANDOM_WEIGHTS_WARNING = "tiny random-weight models were used: these scores are 
 
 async def detect_stream(
     address: str, request: orchestrator_pb2.DetectRequest, timeout_seconds: float = 24 * 3600.0,
-    tls: ClientTls | None = None,
+    tls: ClientTls | None = None, token: str = "",
 ) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
-    async with open_channel(address, default_timeout=timeout_seconds, tls=tls) as channel:
+    async with open_channel(address, default_timeout=timeout_seconds, tls=tls, token=token) as channel:
         stub = orchestrator_pb2_grpc.OrchestratorStub(channel)
         async for update in stub.Detect(request, timeout=timeout_seconds):
             yield update
@@ -169,13 +169,13 @@ class ResultBuilder:
 
 
 async def detect_into(builder: ResultBuilder, address: str, progress: str | None = "detect", leave: bool = True,
-                      tls: ClientTls | None = None) -> None:
+                      tls: ClientTls | None = None, token: str = "") -> None:
     """Run the builder's detection, adding each update to it as it arrives (so that what came
     before a failure is kept); a progress bar labelled `progress` (None: none) counts frames on
     stderr."""
     bar: Any = None
     try:
-        async for update in detect_stream(address, builder.request, tls=tls):
+        async for update in detect_stream(address, builder.request, tls=tls, token=token):
             builder.add(update)
             kind = update.WhichOneof("update")
             if kind == "started" and progress is not None:

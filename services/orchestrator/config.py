@@ -27,6 +27,9 @@ class OrchestratorSettings(CallerSettings):
     max_texts: int = setting(64, "most texts per detection, after splitting 'a-b' texts")
     max_frames: int = setting(1_000_000, "most frames read from one source")
     max_image_pixels: int = setting(3840 * 2160, "largest frame accepted, in pixels")
+    tokens_file: str = setting("", "require a bearer token on every call but health and reflection: a file of "
+                               "'NAME SCOPES sha256:HASH' lines (anyanomaly token new), re-read when it changes; "
+                               "empty: no tokens asked")
     stream_timeout_seconds: float = setting(10.0, "a stream URI that does not connect, or sends no frame, within this "
                                             "long fails the detection")
     # Live operation: jobs, monitors and events (off without a data dir).

@@ -22,19 +22,34 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from services.common.clients import open_channel
+from services.common.config import environment
+from services.common.errors import StartupError
 from services.common.images import image_format
 from services.common.tls import ClientTls
 from services.orchestrator.live.delivery import event_json
 
 DEFAULT_ADDRESS = "127.0.0.1:50050"
+TOKEN_VARIABLE = "ANYANOMALY_TOKEN"
 JOB_STATES = {name.removeprefix("JOB_STATE_").lower(): value for name, value in jobs_pb2.JobState.items() if value}
 ANY_STATE = jobs_pb2.JOB_STATE_UNSPECIFIED
 
 
-def tls_options(parser: argparse.ArgumentParser) -> None:
+def connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", default="", metavar="PEM", help="reach the orchestrator over TLS, trusting this CA")
     parser.add_argument("--tls-cert", default="", metavar="PEM", help="present this client certificate (mutual TLS)")
     parser.add_argument("--tls-key", default="", metavar="PEM", help="the key of --tls-cert")
+    parser.add_argument("--token-file", default="", metavar="FILE",
+                        help=f"send the bearer token in this file (default: ${TOKEN_VARIABLE})")
+
+
+def client_token(args: argparse.Namespace) -> str:
+    """The bearer token: from --token-file, else the environment; "" when none."""
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise StartupError(f"cannot read the token file {args.token_file}: {exc.strerror or exc}") from None
+    return environment(TOKEN_VARIABLE).strip()
 
 
 def client_tls(args: argparse.Namespace) -> ClientTls | None:
@@ -43,7 +58,7 @@ def client_tls(args: argparse.Namespace) -> ClientTls | None:
 
 def _address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"the orchestrator (default {DEFAULT_ADDRESS})")
-    tls_options(parser)
+    connection_options(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -166,7 +181,8 @@ def _emit(args: argparse.Namespace, document: dict[str, Any], line: str) -> None
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with open_channel(args.address, default_timeout=None, tls=client_tls(args)) as channel:
+    tls, token = client_tls(args), client_token(args)
+    async with open_channel(args.address, default_timeout=None, tls=tls, token=token) as channel:
         handler: Callable[[argparse.Namespace, Any], Any] = {
             "monitors": _monitors, "events": _events, "jobs": _jobs}[args.command]
         await handler(args, channel)

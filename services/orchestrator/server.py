@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from anyanomaly.v1 import (
@@ -22,7 +23,8 @@ from anyanomaly.v1 import (
     orchestrator_pb2_grpc,
 )
 
-from services.common.errors import InvalidInput, ServiceError, echo
+from services.common.auth import TokenFile
+from services.common.errors import InvalidInput, NotReady, ServiceError, echo
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tls import ClientTls
 from services.orchestrator.config import OrchestratorSettings
@@ -142,6 +144,12 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
 
     holder = Holder(Path(settings.data_dir).expanduser(), settings.database_url)
     waiting: list[asyncio.Task[None]] = []
+    tokens: list[TokenFile] = []  # loaded at start (a bad file stops start-up with one line)
+
+    def authorize(method: str, metadata: tuple[Any, ...]) -> str:
+        if not tokens:
+            raise NotReady("the orchestrator is starting; retry shortly")
+        return tokens[0].authorize(method, metadata)
 
     async def take_over_when_free() -> None:
         while not await asyncio.to_thread(holder.try_hold):
@@ -150,6 +158,8 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
         log.info("running the jobs and monitors of the data dir")
 
     async def start() -> None:  # channels belong to the running event loop
+        if settings.tokens_file:
+            tokens.append(TokenFile(settings.tokens_file))
         tls = ClientTls.from_settings(settings.tls_ca_file, settings.tls_client_cert_file,
                                       settings.tls_client_key_file)
         detector.attach(await ServiceClients.open(
@@ -185,4 +195,4 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
         events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(access), server)
 
     return ServiceSpec(name="orchestrator", service_names=SERVICE_NAMES, register=register, start=start, stop=stop,
-                       drain=drain)
+                       drain=drain, authorize=authorize if settings.tokens_file else None)

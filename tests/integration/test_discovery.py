@@ -6,7 +6,6 @@ OpenAI-compatible server, so every answer is known and traceable to its pod)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -20,10 +19,8 @@ from kmock import KubernetesError, action
 from services.common.discovery import EndpointSliceWatcher, KubernetesTarget
 from services.orchestrator.pipeline import Detector
 from tests.helpers.detect import detect, frame_folder, split
-from tests.helpers.fake_openai_server import FakeOpenAIServer
 from tests.helpers.kubernetes_api import READY, TERMINATING, Cluster, kubernetes_api
-from tests.helpers.scripted_lvlm import Answer, ScriptedLVLM, request_image
-from tests.helpers.service_process import ServiceProcess
+from tests.helpers.lvlm_pod import Pod, held
 from tests.helpers.stack import start_clip, start_context, start_orchestrator, start_orchestrator_with
 
 TEXTS = ["bicycle"]
@@ -31,38 +28,9 @@ SEGMENTS = 8
 FOLLOW_SECONDS = 5.0  # the bound on how long the endpoint set may lag the slices
 
 
-class Pod:
-    """An lvlm_service process in front of its own scripted LVLM server."""
-
-    def __init__(self, name: str, folder: Path) -> None:
-        self.name, self.lvlm, self.killed = name, ScriptedLVLM(), False
-        self.engine = FakeOpenAIServer(answer=self.lvlm).__enter__()
-        self.service = ServiceProcess("services.lvlm_service", [
-            "--backend", "openai", "--openai-url", self.engine.url, "--openai-model", self.engine.model,
-            "--retry-backoff-seconds", "0.01"], folder / name)
-
-    async def put(self, cluster: Cluster, state: str) -> None:
-        await cluster.put_slice(f"lvlm-{self.name}", "lvlm", self.service.port, {"127.0.0.1": state})
-
-    def delivered(self) -> list[Answer]:
-        """The answers that reached lvlm_service: a pod killed while its engine held calls never
-        got those answers (they are recorded after the release, at the end)."""
-        if self.killed and self.lvlm.hold_after is not None:
-            return self.lvlm.answers[:self.lvlm.hold_after]
-        return self.lvlm.answers
-
-    def images(self, start: int = 0, stop: int | None = None) -> set[str]:
-        """The images of the requests this pod's engine received, [start:stop] in order."""
-        return {hashlib.sha256(request_image(r)).hexdigest() for r in self.engine.requests[start:stop]}
-
-    def close(self) -> None:
-        self.service.stop()
-        self.lvlm.release()
-        self.engine.__exit__()
-
-
-async def held(pod: Pod) -> None:
-    assert await asyncio.to_thread(pod.lvlm.holding.wait, 120), f"no call reached pod {pod.name}"
+async def put(cluster: Cluster, pod: Pod, state: str) -> None:
+    """The pod's EndpointSlice, as the control plane writes it (one per pod: their ports differ)."""
+    await cluster.put_slice(f"lvlm-{pod.name}", "lvlm", pod.service.port, {"127.0.0.1": state})
 
 
 async def test_lvlm_pods_come_go_and_die_during_a_detection_without_losing_or_repeating_a_segment(
@@ -95,7 +63,7 @@ async def test_lvlm_pods_come_go_and_die_during_a_detection_without_losing_or_re
         async with kubernetes_api(tmp_path) as cluster:
             monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
             monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # this API, even when run in a pod
-            await a.put(cluster, READY)
+            await put(cluster, a, READY)
             detector = Detector()
             orchestrator = await start_orchestrator_with(detector, clip.address, context.address,
                                                          "kubernetes:///lvlm:grpc", max_segments_in_flight=1)
@@ -107,10 +75,10 @@ async def test_lvlm_pods_come_go_and_die_during_a_detection_without_losing_or_re
                 run = asyncio.create_task(detect(orchestrator.address, source, TEXTS))
                 await held(a)
 
-                await b.put(cluster, READY)  # scale-up: a second pod becomes ready
+                await put(cluster, b, READY)  # scale-up: a second pod becomes ready
                 assert await pool.wait_until(lambda p: b.service.address in p.addresses, FOLLOW_SECONDS)
 
-                await a.put(cluster, TERMINATING)  # scale-down: a's pod is told to stop
+                await put(cluster, a, TERMINATING)  # scale-down: a's pod is told to stop
                 assert await pool.wait_until(lambda p: p.addresses == {b.service.address}
                                              and p.leaving == {a.service.address}, FOLLOW_SECONDS)
                 b.lvlm.hold_after = 2 * calls_per_segment  # segments 2 and 3 on b; segment 4 waits there
@@ -118,7 +86,7 @@ async def test_lvlm_pods_come_go_and_die_during_a_detection_without_losing_or_re
                 assert await pool.wait_until(lambda p: not p.leaving, FOLLOW_SECONDS)  # then a's channel closes
                 await held(b)
 
-                await c.put(cluster, READY)
+                await put(cluster, c, READY)
                 assert await pool.wait_until(lambda p: c.service.address in p.addresses, FOLLOW_SECONDS)
                 b.service.kill()  # b's pod dies with segment 4 in flight: it is scored again, on c
                 b.killed = True

@@ -314,3 +314,16 @@ def test_production_speaks_mutual_tls_between_services(rendered: tuple[str, list
             assert settings[f"{prefix}_TLS_CLIENT_CERT_FILE"] == settings[f"{prefix}_TLS_CERT_FILE"]
     issuers = {c["spec"]["issuerRef"]["name"] for c in certificates.values()}
     assert issuers <= set(of_kind(resources, "Issuer"))
+
+
+def test_production_asks_for_tokens_from_a_mounted_secret(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, resources = rendered
+    pod = of_kind(resources, "Deployment")["orchestrator"]["spec"]["template"]["spec"]
+    settings = env(pod["containers"][0])
+    if overlay != "prod-gpu":
+        assert "ANYANOMALY_ORCHESTRATOR_TOKENS_FILE" not in settings
+        return
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    path = Path(settings["ANYANOMALY_ORCHESTRATOR_TOKENS_FILE"])
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[str(path.parent)])
+    assert volume["secret"]["secretName"] == "anyanomaly-tokens" and path.name == "tokens"
