@@ -23,7 +23,11 @@ class OrchestratorSettings(CallerSettings):
     frame_format: str = setting("jpeg", "how decoded video frames travel to the services (frame folders are "
                                 "sent as their original files)", choices=("jpeg", "png"))
     jpeg_quality: int = setting(95, "JPEG quality for --frame-format jpeg")
-    media_roots: str = setting("", "comma-separated folders that sources must lie under; empty allows any path")
+    media_roots: str = setting("", "comma-separated folders that file and folder sources must lie under; empty: any "
+                               "path when bound to loopback, else only the data dir")
+    stream_hosts: str = setting("", "comma-separated hosts stream URIs may name (names, *.domain, IPs, CIDR ranges); "
+                                "empty: any host but loopback, link-local and metadata addresses (allowed too when "
+                                "bound to loopback)")
     max_texts: int = setting(64, "most texts per detection, after splitting 'a-b' texts")
     max_frames: int = setting(1_000_000, "most frames read from one source")
     max_image_pixels: int = setting(3840 * 2160, "largest frame accepted, in pixels")

@@ -11,6 +11,7 @@ from services.common.errors import InvalidInput
 from services.common.validation import validate_texts
 from services.orchestrator import options as detect_options
 from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.confinement import SourcePolicy
 from services.orchestrator.fusion import split_texts
 from services.orchestrator.pipeline import DetectParams
 from services.orchestrator.sources import FrameEncoding
@@ -35,5 +36,5 @@ def frame_encoding(settings: OrchestratorSettings) -> FrameEncoding:
     return FrameEncoding(settings.frame_format, settings.jpeg_quality, settings.max_image_pixels)
 
 
-def media_roots(settings: OrchestratorSettings) -> list[str]:
-    return [root for root in settings.media_roots.split(",") if root.strip()]
+def source_policy(settings: OrchestratorSettings) -> SourcePolicy:
+    return SourcePolicy.from_settings(settings.media_roots, settings.stream_hosts, settings.host, settings.data_dir)

@@ -37,7 +37,7 @@ from services.orchestrator.live.monitors import MonitorRunners, MonitorsServicer
 from services.orchestrator.live.notify import Changes
 from services.orchestrator.messages import to_proto
 from services.orchestrator.pipeline import Detector, SegmentOutcome, Summary
-from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, media_roots
+from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, source_policy
 from services.orchestrator.service_clients import ServiceClients
 from services.orchestrator.sources import PushedSource, open_threaded
 from services.orchestrator.store.holder import Holder
@@ -62,7 +62,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         texts = checked_texts(request.texts, request.options, self._settings.max_texts)
         params = detect_params(request.options, self._settings)
         source = await open_threaded(request.source.path, request.source.frame_folder, request.source.uri,
-                                     frame_encoding(self._settings), media_roots(self._settings),
+                                     frame_encoding(self._settings), source_policy(self._settings),
                                      self._settings.stream_timeout_seconds)
         try:
             async for update in self._detector.detect(source, texts, params):

@@ -17,7 +17,7 @@ import functools
 import re
 import stat
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,13 +27,11 @@ import cv2
 import numpy as np
 from anyanomaly.v1 import orchestrator_pb2
 
-from services.common.errors import InvalidInput, PermissionDenied, echo
+from services.common.errors import InvalidInput, echo
 from services.common.images import decode_image, encode_jpeg, encode_png, header_size, image_format
+from services.orchestrator.confinement import ANY_SOURCE, SourcePolicy, redact
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://")
-
-
 @dataclass(frozen=True)
 class SourceInfo:
     kind: str  # "file", "folder" or "stream"
@@ -118,15 +116,15 @@ class StreamSource:
         try:  # the timeouts bound the connection and every later read
             self._container = av.open(uri, timeout=(timeout_seconds, timeout_seconds))
         except (av.FFmpegError, OSError) as exc:
-            raise InvalidInput(f"cannot open {echo(uri, 200)} as a video: {self._why(exc)}") from None
+            raise InvalidInput(f"cannot open {echo(redact(uri), 200)} as a video: {self._why(exc)}") from None
         if not self._container.streams.video:
             self._container.close()
-            raise InvalidInput(f"{echo(uri, 200)} has no video stream")
+            raise InvalidInput(f"{echo(redact(uri), 200)} has no video stream")
         stream = self._container.streams.video[0]
         self._frames = self._container.decode(stream)
         self._encoding = encoding
         self._read = 0
-        self.info = SourceInfo("stream", uri, float(stream.average_rate or 0.0), 0)
+        self.info = SourceInfo("stream", redact(uri), float(stream.average_rate or 0.0), 0)
 
     def _why(self, error: Exception) -> str:
         if isinstance(error, av.ExitError | TimeoutError):
@@ -200,14 +198,6 @@ class FolderSource:
         return None
 
 
-def _check_roots(path: Path, roots: Sequence[str]) -> None:
-    if not roots:
-        return
-    resolved = path.resolve()
-    if not any(resolved.is_relative_to(Path(root).resolve()) for root in roots):
-        raise PermissionDenied(f"{path} is outside the media folders this service may read ({', '.join(roots)})")
-
-
 MAX_PATH_CHARS = 4096  # PATH_MAX
 
 
@@ -229,22 +219,21 @@ def _file_kind(target: Path, location: str) -> str:
 
 def open_source(
     path: str = "", frame_folder: str = "", uri: str = "", encoding: FrameEncoding = FrameEncoding(),
-    media_roots: Sequence[str] = (), stream_timeout_seconds: float = 10.0,
+    policy: SourcePolicy = ANY_SOURCE, stream_timeout_seconds: float = 10.0,
 ) -> FrameSource:
-    """Open a source (blocking: call it from the source's own thread, see open_threaded)."""
+    """Open a source (blocking: call it from the source's own thread, see open_threaded), as far
+    as `policy` allows."""
     if uri:
         if len(uri) > MAX_PATH_CHARS:
             raise InvalidInput(f"the stream URI has {len(uri)} characters; the limit is {MAX_PATH_CHARS}")
-        if not uri.lower().startswith(STREAM_SCHEMES):
-            raise InvalidInput(f"unsupported stream URI {echo(uri, 200)}; use one of {', '.join(STREAM_SCHEMES)}")
+        policy.check_stream(uri)
         return StreamSource(uri, encoding, stream_timeout_seconds)
     location = path or frame_folder
     if not location:
         raise InvalidInput("no source given: set a video file path, a frame folder or a stream URI")
     if len(location) > MAX_PATH_CHARS:
         raise InvalidInput(f"the path has {len(location)} characters; the limit is {MAX_PATH_CHARS}")
-    target = Path(location).expanduser()
-    _check_roots(target, media_roots)
+    target = policy.check_path(location)
     if _file_kind(target, location) == "dir":
         return FolderSource(target, encoding)
     if frame_folder:

@@ -15,20 +15,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.clients import open_channel
 from tests.helpers.fixtures import REPO_ROOT
-from tests.helpers.processes import die_with_this_process
 
 
 class ServiceProcess:
-    def __init__(self, module: str, args: list[str], folder: Path) -> None:
+    """The service dies with the test process (--parent-pid: the kernel kills it). No preexec_fn:
+    forking a process whose gRPC threads run, then running Python in the child, can crash the
+    child before it execs (seen: "epoll_wait error: Bad file descriptor")."""
+
+    def __init__(self, module: str, args: list[str], folder: Path, port: int = 0) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self._port_file = folder / "port"
         self._log = (folder / "log").open("w")
         self.module = module
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", "--port-file", str(self._port_file),
-             "--log-format", "text", *args],
-            cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HOME": str(folder)},
-            preexec_fn=die_with_this_process)
+            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), "--port-file",
+             str(self._port_file), "--log-format", "text", "--parent-pid", str(os.getpid()), *args],
+            cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HOME": str(folder)})
         self.port = 0
 
     @property

@@ -1,15 +1,24 @@
-"""Faults with real processes on 127.0.0.1: an LVLM replica killed mid-detection."""
+"""Faults with real processes on 127.0.0.1: an LVLM replica killed mid-detection, an orchestrator
+told to stop mid-stream, clip_service restarted mid-detection."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import grpc
+import pytest
 from anyanomaly.v1 import orchestrator_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.clients import failed_service, open_channel
+from tests.conftest import scripted_stack
 from tests.helpers.detect import detect, frame_folder, split
 from tests.helpers.lvlm_pod import Pod, held
+from tests.helpers.service_process import ServiceProcess
 from tests.helpers.stack import start_clip, start_context, start_orchestrator
 
 TEXTS = ["bicycle", "person running"]
@@ -55,3 +64,91 @@ async def test_an_lvlm_replica_killed_mid_detection_loses_no_segment_and_repeats
     assert list(summary.frame_scores) == list(reference_summary.frame_scores)
     assert x.images(calls_per_segment) <= y.images()  # what x held was scored on y
     assert Counter(x.delivered() + y.delivered()) == Counter(reference_pod.lvlm.answers)
+
+
+async def test_an_orchestrator_told_to_stop_finishes_its_detections_and_refuses_new_ones(tmp_path: Path) -> None:
+    """SIGTERM mid-stream: the detection in flight finishes within the grace period, a new one is
+    refused with UNAVAILABLE, and the process exits 0."""
+    source = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 24 * 3)))
+    async with scripted_stack() as stack:
+        services = stack.stack
+        calls_per_segment = 3 * len(TEXTS)
+        stack.lvlm.hold_after = calls_per_segment  # the second segment waits for release()
+        orchestrator = ServiceProcess("services.orchestrator", [
+            "--clip-address", services.clip.address, "--context-address", services.context.address,
+            "--lvlm-address", services.lvlm.address, "--grace-seconds", "60"], tmp_path / "orchestrator")
+        try:
+            await orchestrator.serving()
+            run = asyncio.create_task(detect(orchestrator.address, source, TEXTS))
+            assert await asyncio.to_thread(stack.lvlm.holding.wait, 120)
+            orchestrator.process.send_signal(signal.SIGTERM)
+            assert await not_serving(orchestrator.address)  # draining: probes fail first
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await detect(orchestrator.address, source, TEXTS)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            stack.lvlm.release()
+            _, segments, _ = split(await asyncio.wait_for(run, 60))
+            assert [s.index for s in segments] == [0, 1, 2]
+            assert await asyncio.to_thread(orchestrator.process.wait, 30) == 0
+        finally:
+            stack.lvlm.release()
+            orchestrator.stop()
+
+
+async def not_serving(address: str, timeout: float = 30) -> bool:
+    """Whether the health service says NOT_SERVING (or stops answering) within `timeout` s."""
+    async with open_channel(address) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            except grpc.aio.AioRpcError:
+                return True
+            if answer.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                return True
+            await asyncio.sleep(0.05)  # polling the health service, as a probe does
+    return False
+
+
+async def test_clip_service_restarted_mid_detection_never_hangs_a_detection(tmp_path: Path) -> None:
+    """clip_service is SIGKILLed mid-detection and started again on its port: the detection
+    completes (retried) or fails UNAVAILABLE naming clip_service, within a bound, and the next
+    detection goes through without restarting anything else."""
+    source = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 24 * 3)))
+    clip = ServiceProcess("services.clip_service", ["--models", "tiny"], tmp_path / "clip")
+    pod = Pod("lvlm", tmp_path)
+    servers = []
+    try:
+        await asyncio.gather(clip.serving(), pod.service.serving())
+        context = await start_context(clip.address)
+        servers.append(context)
+        orchestrator = await start_orchestrator(clip.address, context.address, pod.service.address,
+                                                max_segments_in_flight=1)
+        servers.insert(0, orchestrator)
+        pod.lvlm.hold_after = 3 * len(TEXTS)  # the second segment's scoring waits
+        run = asyncio.create_task(detect(orchestrator.address, source, TEXTS))
+        await held(pod)
+        port = clip.port
+        clip.kill()
+        pod.lvlm.release()  # the third segment now needs clip_service, which is gone
+        restarted = ServiceProcess("services.clip_service", ["--models", "tiny"], tmp_path / "clip-again",
+                                   port=port)
+        try:
+            outcome = await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 90)
+            await restarted.serving()
+            result = outcome[0]
+            if isinstance(result, BaseException):
+                assert isinstance(result, grpc.aio.AioRpcError), result
+                assert result.code() == grpc.StatusCode.UNAVAILABLE, result
+                assert failed_service(result) == "clip_service"
+            else:
+                assert [s.index for s in split(result)[1]] == [0, 1, 2]
+            assert len(split(await detect(orchestrator.address, source, TEXTS))[1]) == 3  # recovered
+        finally:
+            restarted.stop()
+    finally:
+        for server in servers:
+            await server.shutdown(1.0)
+        clip.stop()
+        pod.close()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from anyanomaly.v1 import events_pb2, jobs_pb2, monitors_pb2, orchestrator_pb2
 
-from services.orchestrator.store.database import DuplicateKey, Transaction, redact
+from services.orchestrator.confinement import redact
+from services.orchestrator.store.database import DuplicateKey, Transaction
 from services.orchestrator.store.migrations import MIGRATIONS, migrate
 from services.orchestrator.store.store import EventFilter, NewEvent, Store
 

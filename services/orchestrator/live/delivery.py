@@ -29,8 +29,8 @@ import httpx
 from anyanomaly.v1 import events_pb2, monitors_pb2
 
 from services.common.errors import InvalidInput, ServiceError, echo
+from services.orchestrator.confinement import redact
 from services.orchestrator.live.notify import Changes
-from services.orchestrator.store.database import redact
 from services.orchestrator.store.store import EventFilter, Store
 
 LOG = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from services.orchestrator.live.notify import Changes
 from services.orchestrator.live.recorder import EventRecorder, Owner, plain_events
 from services.orchestrator.messages import outcome_from_proto, to_proto
 from services.orchestrator.pipeline import Detector, SegmentOutcome, Started, Summary
-from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, media_roots
+from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, source_policy
 from services.orchestrator.sources import open_threaded
 from services.orchestrator.store.database import StoreUnavailable
 from services.orchestrator.store.store import Store, now_ms
@@ -154,7 +154,7 @@ class JobRunner:
                                  self._settings.evidence_days)
         params = replace(params, keep_images=bool(rules))
         source = await open_threaded(request.source.path, request.source.frame_folder, "",
-                                     frame_encoding(self._settings), media_roots(self._settings),
+                                     frame_encoding(self._settings), source_policy(self._settings),
                                      self._settings.stream_timeout_seconds)
         try:
             async for update in self._detector.detect(source, texts, params, done=done):

@@ -23,6 +23,7 @@ from anyanomaly.v1 import events_pb2, monitors_pb2, monitors_pb2_grpc
 from services.common.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError, echo
 from services.common.server import RpcContext
 from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.confinement import redact
 from services.orchestrator.live.access import LiveAccess
 from services.orchestrator.live.delivery import DeliveryWorker, check_targets
 from services.orchestrator.live.events import EventEngine, rules_from_proto
@@ -30,9 +31,9 @@ from services.orchestrator.live.feed import FeedPlan, FeedState, LiveFeed, backo
 from services.orchestrator.live.notify import Changes
 from services.orchestrator.live.recorder import EventRecorder, Owner, plain_events
 from services.orchestrator.pipeline import Detector, SegmentOutcome, Summary
-from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, media_roots
-from services.orchestrator.sources import STREAM_SCHEMES, open_source
-from services.orchestrator.store.database import StoreUnavailable, redact
+from services.orchestrator.requests import checked_texts, detect_params, frame_encoding, source_policy
+from services.orchestrator.sources import open_source
+from services.orchestrator.store.database import StoreUnavailable
 from services.orchestrator.store.store import NewEvent, Store, now_ms
 
 LOG = logging.getLogger(__name__)
@@ -45,9 +46,10 @@ STATES = {FeedState.CONNECTING: monitors_pb2.MONITOR_STATE_CONNECTING, FeedState
 
 
 def public_spec(spec: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:
-    """The spec without secrets (webhook keys are write-only, URL passwords are masked)."""
+    """The spec without secrets (webhook keys are write-only, URL passwords, the camera's too, are masked)."""
     shown = monitors_pb2.MonitorSpec()
     shown.CopyFrom(spec)
+    shown.source.uri = redact(shown.source.uri)
     for target in shown.targets:
         if target.HasField("webhook"):
             target.webhook.secret = ""
@@ -92,8 +94,8 @@ class MonitorRunner:
             reconnect_min_seconds=settings.reconnect_min_seconds, reconnect_max_seconds=settings.reconnect_max_seconds,
         )
         opener = functools.partial(open_source, source.path, source.frame_folder, source.uri,
-                                   frame_encoding(settings), media_roots(settings), settings.stream_timeout_seconds)
-        self._feed = LiveFeed(opener, plan, source.uri or source.path or source.frame_folder)
+                                   frame_encoding(settings), source_policy(settings), settings.stream_timeout_seconds)
+        self._feed = LiveFeed(opener, plan, redact(source.uri) or source.path or source.frame_folder)
         self._failure = ""
         self._start_detection()
 
@@ -300,9 +302,6 @@ class MonitorRunners:
         if len(given) != 1:
             raise InvalidInput("a monitor watches one source: set source.uri (a stream) or source.path / "
                                "source.frame_folder (played in a loop)")
-        if source.uri and not source.uri.lower().startswith(STREAM_SCHEMES):
-            raise InvalidInput(f"unsupported stream URI {echo(source.uri, 200)}; use one of "
-                               f"{', '.join(STREAM_SCHEMES)}")
         if len(spec.name) > 200:
             raise InvalidInput(f"the monitor name has {len(spec.name)} characters; at most 200")
         texts = checked_texts(spec.texts, spec.options, self.settings.max_texts)
@@ -319,11 +318,13 @@ class MonitorRunners:
 
     async def create(self, spec: monitors_pb2.MonitorSpec) -> monitors_pb2.Monitor:
         self.check(spec)
-        if not spec.source.uri:  # a file or folder must exist and lie under the media roots now
+        if spec.source.uri:  # the URL must be a stream from an allowed host (its name is resolved)
+            await asyncio.to_thread(source_policy(self.settings).check_stream, spec.source.uri)
+        else:  # a file or folder must exist and lie under the media roots now
             location = spec.source.path or spec.source.frame_folder
             await asyncio.to_thread(lambda: open_source(spec.source.path, spec.source.frame_folder, "",
                                                         frame_encoding(self.settings),
-                                                        media_roots(self.settings)).close())
+                                                        source_policy(self.settings)).close())
             LOG.info("monitor source %s checked", location)
         async with self._lock:
             monitor_id = uuid.uuid4().hex
@@ -337,6 +338,9 @@ class MonitorRunners:
     async def update(self, monitor_id: str, spec: monitors_pb2.MonitorSpec) -> monitors_pb2.Monitor:
         async with self._lock:
             runner = self.get(monitor_id)
+            if spec.source.uri and spec.source.uri == redact(runner.spec.source.uri):  # as shown, password masked
+                spec = _copy(spec)
+                spec.source.uri = runner.spec.source.uri
             if spec.source != runner.spec.source:
                 raise InvalidInput("a monitor's source cannot change; create a new monitor for another source")
             self.check(spec)
@@ -378,6 +382,12 @@ def closed_after_restart(event: events_pb2.Event) -> NewEvent:
     closed.phase, closed.cursor, closed.has_evidence = events_pb2.EVENT_PHASE_CLOSE, 0, False
     closed.created_ms = now_ms()
     return NewEvent(closed, 0)
+
+
+def _copy(spec: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:
+    copied = monitors_pb2.MonitorSpec()
+    copied.CopyFrom(spec)
+    return copied
 
 
 def _keep_secrets(new: monitors_pb2.MonitorSpec, old: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:

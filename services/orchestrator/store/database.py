@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from services.common.errors import ServiceError
+from services.orchestrator.confinement import redact
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -163,12 +164,3 @@ def open_postgres(url: str) -> Database:
 
     return Database(connect, "postgres", redact(url))
 
-
-def redact(url: str) -> str:
-    """`url` without its password."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"
