@@ -80,6 +80,7 @@ def make_backend(settings: LvlmSettings) -> Backend:
             settings.request_timeout_seconds, settings.max_concurrency, settings.system_prompt,
             max_queued=settings.max_queued, retries=settings.http_retries,
             backoff_seconds=settings.retry_backoff_seconds, structured_field=settings.structured_output_field,
+            ca_file=settings.openai_ca_file,
         )
     if settings.backend == "vllm":
         from services.lvlm_service.backends.vllm_engine import VllmEngineBackend

@@ -19,6 +19,8 @@ class OrchestratorSettings(CallerSettings):
     context_address: str = setting("127.0.0.1:50052", f"context_service address: {ADDRESS_FORMS}")
     lvlm_address: str = setting("127.0.0.1:50053", f"lvlm_service address: {ADDRESS_FORMS}")
     rpc_timeout_seconds: float = setting(300.0, "deadline of each call to clip, context and lvlm services")
+    max_detections: int = setting(16, "Detect and DetectStream calls served at once; one more is refused at once "
+                                  "with RESOURCE_EXHAUSTED (jobs and monitors have their own limits)", minimum=1)
     max_segments_in_flight: int = setting(2, "segments processed concurrently per detection (results stay in order)")
     frame_format: str = setting("jpeg", "how decoded video frames travel to the services (frame folders are "
                                 "sent as their original files)", choices=("jpeg", "png"))

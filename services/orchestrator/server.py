@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from anyanomaly.v1 import (
 )
 
 from services.common.auth import TokenFile
-from services.common.errors import InvalidInput, NotReady, ServiceError, echo
+from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError, echo
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tls import ClientTls
 from services.orchestrator.config import OrchestratorSettings
@@ -51,24 +52,46 @@ SERVICE_NAMES = [SERVICE_NAME, jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full
 MAX_STREAM_FPS = 240.0
 
 
+class Admission:
+    """At most `limit` detections at once: one more is refused at once (RESOURCE_EXHAUSTED), not
+    queued into timeouts. A detection's slot is freed when it ends, however it ends (a client that
+    goes away cancels it, and with it the calls it has in flight downstream)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.running = limit, 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.running >= self.limit:
+            raise Overloaded(f"{self.running} detections are running, the most this orchestrator takes "
+                             f"(--max-detections); retry later, or add orchestrator replicas and LVLM capacity")
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+
+
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     def __init__(self, settings: OrchestratorSettings, detector: Detector) -> None:
         self._settings = settings
         self._detector = detector
+        self.admission = Admission(settings.max_detections)
 
     async def Detect(
         self, request: orchestrator_pb2.DetectRequest, context: RpcContext
     ) -> AsyncIterator[orchestrator_pb2.DetectUpdate]:
         texts = checked_texts(request.texts, request.options, self._settings.max_texts)
         params = detect_params(request.options, self._settings)
-        source = await open_threaded(request.source.path, request.source.frame_folder, request.source.uri,
-                                     frame_encoding(self._settings), source_policy(self._settings),
-                                     self._settings.stream_timeout_seconds)
-        try:
-            async for update in self._detector.detect(source, texts, params):
-                yield to_proto(update)
-        finally:
-            source.close()
+        with self.admission.slot():
+            source = await open_threaded(request.source.path, request.source.frame_folder, request.source.uri,
+                                         frame_encoding(self._settings), source_policy(self._settings),
+                                         self._settings.stream_timeout_seconds)
+            try:
+                async for update in self._detector.detect(source, texts, params):
+                    yield to_proto(update)
+            finally:
+                source.close()
 
     async def DetectStream(
         self, requests: AsyncIterator[orchestrator_pb2.DetectStreamRequest], context: RpcContext
@@ -84,13 +107,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         events = EventEngine(rules_from_proto(config.rules, texts))
         cursor = itertools.count(1)
         source = PushedSource(requests, config.fps, self._settings.max_image_pixels)
-        async for update in self._detector.detect(source, texts, params):
-            changes = events.finish() if isinstance(update, Summary) else []
-            for change in changes:  # events still open close before the summary
-                yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
-            yield to_proto(update)
-            for change in events.observe(update) if isinstance(update, SegmentOutcome) else []:
-                yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
+        with self.admission.slot():
+            async for update in self._detector.detect(source, texts, params):
+                changes = events.finish() if isinstance(update, Summary) else []
+                for change in changes:  # events still open close before the summary
+                    yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
+                yield to_proto(update)
+                for change in events.observe(update) if isinstance(update, SegmentOutcome) else []:
+                    yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
 
 
 async def start_live(settings: OrchestratorSettings, detector: Detector) -> Live:

@@ -8,6 +8,7 @@ malformed bodies, refusals, cut answers, 429s and other errors, delays)."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,17 +42,22 @@ class FakeOpenAIServer:
     problems: list[str] = field(default_factory=list)  # request-shape violations
     in_flight: int = 0
     max_in_flight: int = 0
+    tls: tuple[str, str] | None = None  # (certificate, key): serve HTTPS
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         ThreadingHTTPServer.request_queue_size = 256  # many concurrent clients, as a real engine takes
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._server.server_address[1]}/v1"
 
     def __enter__(self) -> FakeOpenAIServer:
         self._thread.start()

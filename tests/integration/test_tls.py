@@ -34,6 +34,8 @@ from services.common.tls import ClientTls, ServerTls
 from tests.helpers import cli
 from tests.helpers.certificates import Authority, Pki
 from tests.helpers.detect import frame_folder, split
+from tests.helpers.fake_openai_server import FakeOpenAIServer
+from tests.helpers.lvlm import openai_lvlm, score, segment_items
 from tests.helpers.stack import clip_settings, lvlm_settings, start_clip, start_context, start_lvlm, start_orchestrator
 
 REQUEST = common_pb2.GetModelInfoRequest()
@@ -203,3 +205,24 @@ async def test_binding_beyond_loopback_without_tls_warns(caplog: pytest.LogCaptu
         assert any("WITHOUT TLS" in r.getMessage() for r in caplog.records)
     finally:
         await running.shutdown(0.5)
+
+
+async def test_lvlm_service_reaches_an_https_engine_trusting_the_given_ca(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    cert, key = pki.authority.issue(tmp_path, "engine")
+    with FakeOpenAIServer(tls=(str(cert), str(key))) as engine:
+        assert engine.url.startswith("https://")
+        lvlm = await openai_lvlm(engine, openai_ca_file=str(pki.ca_file))
+        try:
+            response = await score(lvlm.address, segment_items(["bicycle"]))
+            assert len(response.items) == 3 and engine.requests
+        finally:
+            await lvlm.shutdown(1.0)
+        untrusting = await openai_lvlm(engine, http_retries=0)  # the system's CAs do not know this one
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await score(untrusting.address, segment_items(["bicycle"]))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "CERTIFICATE_VERIFY_FAILED" in (refused.value.details() or "")
+        finally:
+            await untrusting.shutdown(1.0)

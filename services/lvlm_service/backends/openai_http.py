@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -94,6 +95,7 @@ class OpenAIBackend:
         retries: int = 3,
         backoff_seconds: float = 0.5,
         structured_field: str = "vllm",
+        ca_file: str = "",
     ) -> None:
         if not base_url:
             raise ModelLoadError("lvlm_service: the openai backend needs a server URL; set ANYANOMALY_LVLM_OPENAI_URL "
@@ -116,14 +118,25 @@ class OpenAIBackend:
         self._structured_field = structured_field
         self._limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
         self._client: httpx.AsyncClient | None = None
+        self._ca_file = ca_file
         self.pending = 0  # prompts accepted and not yet answered (in flight + waiting)
         self.in_flight = 0  # requests at the LVLM server now
 
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(self._timeout), limits=self._limits
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(self._timeout), limits=self._limits,
+            verify=self._trust(),
         )
+
+    def _trust(self) -> ssl.SSLContext | bool:
+        """The CAs an https server's certificate is checked against: --openai-ca-file, else the system's."""
+        if not self._ca_file:
+            return True
+        try:
+            return ssl.create_default_context(cafile=self._ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ModelLoadError(f"lvlm_service: cannot use --openai-ca-file {self._ca_file}: {exc}") from None
 
     async def close(self) -> None:
         if self._client is not None:
