@@ -9,9 +9,9 @@ the token itself, e.g.
 
 (`anyanomaly token new` makes a token and its line.) Several lines may grant the same scopes, so
 a token is rotated by adding the new one, moving the clients over, then removing the old one; the
-file is re-read when it changes (a mounted Kubernetes Secret). A call carries
-`authorization: Bearer <token>`: without a known token it is refused UNAUTHENTICATED, without
-the scope its method needs PERMISSION_DENIED. Health and reflection need no token (probes, and
+file is re-read when it changes (a mounted Kubernetes Secret), and a file that goes away lets
+nobody in. A call carries `authorization: Bearer <token>`: without a known token it is refused
+UNAUTHENTICATED, without the scope its method needs PERMISSION_DENIED. Health and reflection need no token (probes, and
 the contract that ships with the client). Tokens are random and long, so one SHA-256 suffices;
 they are compared in constant time, and neither they nor their hashes are ever logged.
 """
@@ -115,17 +115,21 @@ class TokenFile:
                                "add a line (anyanomaly token new) or leave --tokens-file unset")
         log.info("tokens loaded", extra={"tokens": len(self._grants)})
 
-    def _version(self) -> tuple[int, int]:
+    def _version(self) -> tuple[int, ...]:
         try:
             stat = self.path.stat()
         except OSError:
-            return (0, 0)
-        return (stat.st_mtime_ns, stat.st_size)
+            return ()
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
 
     def grants(self) -> Mapping[str, Grant]:
         stamp = self._version()
         if stamp != self._stamp:
             self._stamp = stamp
+            if not stamp:  # deleted or unreadable: nobody is let in (fail closed)
+                log.error("the tokens file %s is gone; every call is refused until it is back", self.path)
+                self._grants = {}
+                return self._grants
             try:
                 self._grants = parse_tokens(self.path.read_text(), str(self.path))
                 log.info("tokens reloaded", extra={"tokens": len(self._grants)})

@@ -129,6 +129,10 @@ class _Call:
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]  # generic only in the type stubs
 
+# Served as they are, without tokens: probes and the contract (exactly these, not all of /grpc.*).
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/")
+
 # (method, the call's metadata) -> the caller's name; raises Unauthenticated or PermissionDenied.
 Authorize = Callable[[str, tuple[Any, ...]], str]
 
@@ -148,7 +152,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     ) -> Handler | None:
         handler = await continuation(details)
         method: str = details.method
-        if handler is None or method.startswith("/grpc."):
+        if handler is None or method.startswith(OPEN_SERVICES):
             return handler
         wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
         behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary

@@ -42,7 +42,7 @@ class LvlmSettings(ServerSettings):
     openai_url: str = setting("", "openai backend: base URL, e.g. http://gpu-node:8000/v1")
     openai_model: str = setting("", "openai backend: the model name the server serves")
     openai_ca_file: str = setting("", "openai backend: check an https server's certificate against this PEM CA "
-                                  "(default: the system's CAs)")
+                                  "(default: certifi's CA bundle)")
     openai_api_key: str = secret("the bearer token the openai backend's server wants, if any")
     request_timeout_seconds: float = setting(120.0, "openai backend: limit for one chat-completions request")
     max_concurrency: int = setting(16, "openai backend: requests in flight to the server at once")

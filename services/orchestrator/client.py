@@ -22,6 +22,7 @@ from services.common.enums import (
     TEMPORAL_SELECTION,
 )
 from services.common.tls import ClientTls
+from services.orchestrator.confinement import redact
 
 STREAMS = ("frame", "position", "temporal")  # the stream fields of TextSegmentScore
 RANDOM_WEIGHTS_WARNING = "tiny random-weight models were used: these scores are meaningless (smoke run)"
@@ -61,7 +62,7 @@ class ResultBuilder:
 
     def __init__(self, request: orchestrator_pb2.DetectRequest) -> None:
         self.request = request
-        self.source = request.source.path or request.source.frame_folder or request.source.uri
+        self.source = request.source.path or request.source.frame_folder or redact(request.source.uri)
         self.started: orchestrator_pb2.DetectStarted | None = None
         self.segments: list[dict[str, Any]] = []
         self.summary: orchestrator_pb2.Summary | None = None

@@ -4,20 +4,24 @@ Files and frame folders only under the media roots. Without --media-roots, an or
 to the loopback interface (one machine, its own user) reads any path, and one reachable from the
 network only its data dir (and without one, no files). Never a path with "..", never through a
 symlink that leads out of the roots, never /proc, /sys or /dev. The check comes before the file
-is looked at, so a refused path tells nothing about whether it exists.
+is opened; the files of a frame folder are checked again as each is read (a link out of the roots
+is refused).
 
 Stream URLs: rtsp, rtsps, http, https and rtmp only. With --stream-hosts only the listed hosts
 (names, "*.domain", IP addresses or CIDR ranges); without, any host but the loopback, link-local
 (cloud metadata at 169.254.169.254 among them), unspecified and multicast addresses, which an
 orchestrator reachable from the network refuses unless listed; one bound to loopback allows
-them. Names are resolved and every address checked. Credentials in a URL never appear in an error
-or a log line (`redact`).
+them. Cloud metadata addresses are refused always, unless listed as addresses. Names are resolved
+and every address checked; IPv4 carried in IPv6 (mapped, NAT64, compatible) is unwrapped first.
+Streams are opened without following redirects or playlists (sources.py), which would lead
+elsewhere. Credentials in a URL never appear in an error or a log line (`redact`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass
@@ -31,15 +35,22 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:pass|passwd|password|pwd|token|key|secret|auth)[^=&;]*=)[^&;#]*")
+
+
 def redact(url: str) -> str:
-    """`url` without its password (user names stay: they help find the camera)."""
+    """`url` without its password (user names stay: they help find the camera), also one that
+    holds a "/", and without the values of query parameters that look like secrets."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    if not sep:
         return url
-    authority, slash, path = rest.partition("/")
-    credentials, _, host = authority.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{f'{user}:' if user else ''}***@{host}{slash}{path}"
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    before, after = rest[:cut], rest[cut:]  # an "@" in the query is not the user part's end
+    credentials, at, location = before.rpartition("@")
+    if at and (":" in credentials or "/" not in credentials):  # "user:pa/ss@host", not "host/a@b"
+        user, colon, _ = credentials.partition(":")  # without ":", the whole user part may be a token
+        before = (f"{user}:***@" if colon and user else "***@") + location
+    return _SECRET_QUERY.sub(r"\1***", f"{scheme}://{before}{after}")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -68,44 +79,66 @@ class SourcePolicy:
         return cls(chosen, tuple(h.strip().lower() for h in stream_hosts.split(",") if h.strip()), local)
 
     def check_path(self, location: str) -> Path:
-        """The path to open, or PermissionDenied / InvalidInput saying why not."""
-        given = Path(location).expanduser()
+        """The path to open (resolved: what was checked is what is read), or PermissionDenied /
+        InvalidInput saying why not. "~" is not expanded: the path is the server's."""
+        given = Path(location)
         if ".." in given.parts:
             raise InvalidInput(f"{echo(location, 200)}: a source path may not contain '..'")
-        resolved = given.resolve()
+        try:
+            resolved = given.resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a NUL, a symlink loop
+            raise InvalidInput(f"{echo(location, 200)} is not a usable path ({exc})") from None
+        self.check_resolved(resolved, location)
+        return resolved
+
+    def check_resolved(self, resolved: Path, location: str) -> None:
         if any(resolved.is_relative_to(folder) for folder in SYSTEM_FOLDERS):
             raise PermissionDenied(f"{echo(location, 200)} is in a system folder (/proc, /sys, /dev); give a video "
                                    "file or a folder of frames")
         if self.roots is None:
-            return given
+            return
         if not self.roots:
             raise PermissionDenied("this orchestrator reads no files (it is reachable from the network and has no "
                                    "--media-roots or --data-dir); ask its operator to set --media-roots")
         if not any(resolved.is_relative_to(root) for root in self.roots):
-            raise PermissionDenied(f"{echo(location, 200)} is outside the media folders this orchestrator may read "
-                                   f"({', '.join(str(r) for r in self.roots)})")
-        return given
+            raise PermissionDenied(f"{echo(location, 200)} is outside the media folders this orchestrator may read")
+
+    def check_member(self, path: Path) -> Path:
+        """A file of a frame folder, as it is about to be read: a link out of the roots is refused."""
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise InvalidInput(f"{path}: cannot be read ({exc})") from None
+        self.check_resolved(resolved, str(path))
+        return resolved
 
     def check_stream(self, uri: str) -> None:
         """InvalidInput for a URL that is not a stream, PermissionDenied for a host not allowed.
         Resolves the host's name (blocking: call it where the stream is opened)."""
         shown = echo(redact(uri), 200)
-        parsed = urllib.parse.urlsplit(uri)
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in uri):
+            raise InvalidInput(f"the stream URI {shown} holds spaces or control characters")
+        try:
+            parsed = urllib.parse.urlsplit(uri)
+            host = (parsed.hostname or "").lower()
+        except ValueError as exc:
+            raise InvalidInput(f"the stream URI {shown} is malformed ({exc})") from None
         if parsed.scheme.lower() not in STREAM_SCHEMES:
             raise InvalidInput(f"unsupported stream URI {shown}; use one of "
                                f"{', '.join(s + '://' for s in STREAM_SCHEMES)}")
-        host = (parsed.hostname or "").lower()
         if not host:
             raise InvalidInput(f"the stream URI {shown} names no host")
-        if self.stream_hosts:
-            if not any(_matches(host, entry) for entry in self.stream_hosts):
-                raise PermissionDenied(f"the stream host {host} is not among those this orchestrator may read "
-                                       f"({', '.join(self.stream_hosts)})")
-            return
-        if self.local_streams:
-            return
-        for address in _addresses(host, shown):
-            if _local(address):
+        listed = bool(self.stream_hosts) and any(_matches(host, entry) for entry in self.stream_hosts)
+        if self.stream_hosts and not listed:
+            raise PermissionDenied(f"the stream host {host} is not among those this orchestrator may read "
+                                   f"({', '.join(self.stream_hosts)})")
+        literal = _literal(host)
+        if listed and literal is not None:
+            return  # an address listed as such is what the operator allowed
+        for address in [literal] if literal is not None else _addresses(host, shown):
+            if _metadata(address):
+                raise PermissionDenied(f"the stream host {host} is a cloud metadata address ({address})")
+            if not listed and not self.local_streams and _local(address):
                 raise PermissionDenied(f"the stream host {host} is a loopback, link-local or otherwise local "
                                        f"address ({address}); list it in --stream-hosts to allow it")
 
@@ -121,11 +154,14 @@ def _matches(host: str, entry: str) -> bool:
         return False  # a name is not matched by a range (it could resolve anywhere)
 
 
-def _addresses(host: str, shown: str) -> list[IpAddress]:
+def _literal(host: str) -> IpAddress | None:
     try:
-        return [ipaddress.ip_address(host)]
+        return ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        pass
+        return None
+
+
+def _addresses(host: str, shown: str) -> list[IpAddress]:
     try:
         found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as exc:
@@ -133,9 +169,27 @@ def _addresses(host: str, shown: str) -> list[IpAddress]:
     return [ipaddress.ip_address(str(entry[4][0]).split("%", 1)[0]) for entry in found]
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+METADATA = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+                                                  "169.254.170.2")}
+
+
+def _unwrapped(address: IpAddress) -> IpAddress:
+    """The IPv4 address an IPv6 one carries (mapped, NAT64, IPv4-compatible), else itself."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in NAT64 or (int(address) >> 32 == 0 and int(address) > 1):
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def _metadata(address: IpAddress) -> bool:
+    return address in METADATA or _unwrapped(address) in METADATA
+
+
 def _local(address: IpAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = _unwrapped(address)
     return address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast
 
 

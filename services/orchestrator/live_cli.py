@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from services.common.config import environment
 from services.common.errors import StartupError
 from services.common.images import image_format
 from services.common.tls import ClientTls
+from services.orchestrator.confinement import is_loopback_host
 from services.orchestrator.live.delivery import event_json
 
 DEFAULT_ADDRESS = "127.0.0.1:50050"
@@ -43,13 +45,19 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def client_token(args: argparse.Namespace) -> str:
-    """The bearer token: from --token-file, else the environment; "" when none."""
+    """The bearer token: from --token-file, else the environment; "" when none. Sending it in
+    plaintext beyond this machine is warned about."""
+    token = environment(TOKEN_VARIABLE).strip()
     if args.token_file:
         try:
-            return Path(args.token_file).read_text().strip()
+            token = Path(args.token_file).read_text().strip()
         except OSError as exc:
             raise StartupError(f"cannot read the token file {args.token_file}: {exc.strerror or exc}") from None
-    return environment(TOKEN_VARIABLE).strip()
+    host = args.address.rpartition(":")[0] or args.address
+    if token and not args.tls_ca and not is_loopback_host(host):
+        print(f"warning: sending the token to {args.address} without TLS (anyone on the way can read it); "
+              "give --tls-ca", file=sys.stderr)
+    return token
 
 
 def client_tls(args: argparse.Namespace) -> ClientTls | None:

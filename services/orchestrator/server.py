@@ -29,6 +29,7 @@ from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceEr
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tls import ClientTls
 from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.confinement import is_loopback_host
 from services.orchestrator.live.access import Live, LiveAccess
 from services.orchestrator.live.events import EventEngine, rules_from_proto
 from services.orchestrator.live.events import to_proto as event_proto
@@ -184,6 +185,9 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
     async def start() -> None:  # channels belong to the running event loop
         if settings.tokens_file:
             tokens.append(TokenFile(settings.tokens_file))
+        elif not is_loopback_host(settings.host):
+            log.warning("serving WITHOUT TOKENS on %s: anyone who reaches this port may run detections and manage "
+                        "monitors and jobs; set --tokens-file (anyanomaly token new)", settings.host)
         tls = ClientTls.from_settings(settings.tls_ca_file, settings.tls_client_cert_file,
                                       settings.tls_client_key_file)
         detector.attach(await ServiceClients.open(

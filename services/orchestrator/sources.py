@@ -107,6 +107,17 @@ class VideoSource:
         self._capture.release()
 
 
+# Over HTTP, no redirect and no playlist (HLS, DASH, concat): either would make FFmpeg fetch from
+# hosts the caller's URL was not checked for (confinement.py).
+HTTP_FORMATS = "mpegts,mjpeg,mpjpeg,mov,matroska,flv,h264,hevc,avi,image2pipe,jpeg_pipe,png_pipe"
+
+
+def _stream_options(uri: str) -> dict[str, str]:
+    if uri.lower().startswith(("http://", "https://")):
+        return {"max_redirects": "0", "format_whitelist": HTTP_FORMATS}
+    return {}
+
+
 class StreamSource:
     """A stream URI (RTSP, HTTP, ...), decoded with PyAV. Not OpenCV: its FFmpeg backend opens
     under one process-wide lock, so one silent camera would hold up every other open."""
@@ -114,7 +125,7 @@ class StreamSource:
     def __init__(self, uri: str, encoding: FrameEncoding, timeout_seconds: float) -> None:
         self._timeout = timeout_seconds
         try:  # the timeouts bound the connection and every later read
-            self._container = av.open(uri, timeout=(timeout_seconds, timeout_seconds))
+            self._container = av.open(uri, timeout=(timeout_seconds, timeout_seconds), options=_stream_options(uri))
         except (av.FFmpegError, OSError) as exc:
             raise InvalidInput(f"cannot open {echo(redact(uri), 200)} as a video: {self._why(exc)}") from None
         if not self._container.streams.video:
@@ -165,7 +176,8 @@ def check_frame_size(rgb: np.ndarray, location: str, max_pixels: int) -> None:
 
 
 class FolderSource:
-    def __init__(self, folder: Path, encoding: FrameEncoding) -> None:
+    def __init__(self, folder: Path, encoding: FrameEncoding, policy: SourcePolicy = ANY_SOURCE) -> None:
+        self._policy = policy
         self._files = sorted(
             (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS), key=numeric_key
         )
@@ -178,7 +190,7 @@ class FolderSource:
     def read(self, count: int) -> list[Frame]:
         frames: list[Frame] = []
         for path in self._files[self._next : self._next + count]:
-            data = path.read_bytes()
+            data = self._policy.check_member(path).read_bytes()  # a link out of the media roots is refused
             if image_format(data) == "unknown":  # e.g. BMP: decode once, send as PNG
                 rgb = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 if rgb is None:
@@ -235,7 +247,7 @@ def open_source(
         raise InvalidInput(f"the path has {len(location)} characters; the limit is {MAX_PATH_CHARS}")
     target = policy.check_path(location)
     if _file_kind(target, location) == "dir":
-        return FolderSource(target, encoding)
+        return FolderSource(target, encoding, policy)
     if frame_folder:
         raise InvalidInput(f"{echo(location, 200)} is a file, not a folder of frames")
     return VideoSource(str(target), encoding)
@@ -272,9 +284,19 @@ class ThreadedSource:
 async def open_threaded(*args: object, **kwargs: object) -> ThreadedSource:
     """open_source(...) on a new thread that then serves this source's reads."""
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="source")
+    opening = asyncio.get_running_loop().run_in_executor(
+        executor, functools.partial(open_source, *args, **kwargs))  # type: ignore[arg-type]
     try:
-        source = await asyncio.get_running_loop().run_in_executor(
-            executor, functools.partial(open_source, *args, **kwargs))  # type: ignore[arg-type]
+        source = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        # The open goes on in its thread (a silent stream takes its whole timeout): the caller's
+        # place stays taken until it ends and what it opened is closed, so callers that go away
+        # cannot pile up threads and sockets.
+        await asyncio.wait({opening})
+        if not opening.cancelled() and opening.exception() is None:
+            opening.result().close()
+        executor.shutdown(wait=False)
+        raise
     except BaseException:
         executor.shutdown(wait=False)
         raise

@@ -43,7 +43,16 @@ def tokens_file(path: Path, names: tuple[str, ...]) -> Path:
 
 
 async def code_of(address: str, token: str, call: str, source: orchestrator_pb2.VideoSource) -> grpc.StatusCode:
-    """The status one call of each kind ends with, sent with `token` ("" for none)."""
+    """The status one call of each kind ends with, sent with `token` ("" for none); a refusal for
+    want of a scope comes back as PERMISSION_DENIED, any other as its own code (checked)."""
+    code, details = await answer_of(address, token, call, source)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        assert "needs the scope" in details, details  # not some other refusal with the same code
+    return code
+
+
+async def answer_of(address: str, token: str, call: str, source: orchestrator_pb2.VideoSource
+                    ) -> tuple[grpc.StatusCode, str]:
     async with open_channel(address, token=token) as channel:
         calls: dict[str, Any] = {
             "detect": lambda: _drain(orchestrator_pb2_grpc.OrchestratorStub(channel).Detect(
@@ -58,8 +67,8 @@ async def code_of(address: str, token: str, call: str, source: orchestrator_pb2.
         try:
             await calls[call]()
         except grpc.aio.AioRpcError as error:
-            return error.code()
-    return grpc.StatusCode.OK
+            return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 async def _drain(stream: Any) -> None:

@@ -4,7 +4,11 @@ listed, and a camera's password in no error message and no monitor shown back.""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +73,50 @@ async def test_a_listed_stream_host_is_read_and_its_password_never_shown(tmp_pat
                 monitor_id=created.monitor_id, spec=spec))
             assert list(updated.spec.texts) == ["bicycle", "person running"]
             assert "hunter2" not in str(updated) + str(shown) + str(created)
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """An HTTP server that answers every GET with `reply(path)` and counts what it was asked."""
+
+    def do_GET(self) -> None:
+        self.server.asked.append(self.path)  # type: ignore[attr-defined]
+        status, headers, body = self.server.reply(self.path)  # type: ignore[attr-defined]
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def http_server(reply: Callable[[str], tuple[int, dict[str, str], bytes]]) -> Iterator[Any]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.asked, server.reply = [], reply  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_stream_url_cannot_lead_to_another_host_by_redirect_or_playlist(tmp_path: Path) -> None:
+    """The host of the URL is what was checked: a redirect or an HLS playlist naming another host
+    is not followed (here the other host is local, but it could be cloud metadata)."""
+    with http_server(lambda path: (200, {"Content-Type": "video/mp2t"}, b"\x47" * 188)) as elsewhere:
+        other = f"http://127.0.0.1:{elsewhere.server_address[1]}"
+        playlist = (f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{other}/segment.ts\n#EXT-X-ENDLIST\n").encode()
+        with http_server(lambda path: (302, {"Location": f"{other}/latest"}, b"") if path == "/redirect" else
+                         (200, {"Content-Type": "application/vnd.apple.mpegurl"}, playlist)) as first:
+            async with scripted_stack(stream_timeout_seconds=2.0) as stack:
+                for path in ("/redirect", "/live.m3u8"):
+                    uri = f"http://127.0.0.1:{first.server_address[1]}{path}"
+                    error = await refused(stack.address, orchestrator_pb2.VideoSource(uri=uri))
+                    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert first.asked == ["/redirect", "/live.m3u8"]
+    assert elsewhere.asked == []

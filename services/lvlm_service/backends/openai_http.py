@@ -130,7 +130,7 @@ class OpenAIBackend:
         )
 
     def _trust(self) -> ssl.SSLContext | bool:
-        """The CAs an https server's certificate is checked against: --openai-ca-file, else the system's."""
+        """The CAs an https server's certificate is checked against: --openai-ca-file, else certifi's."""
         if not self._ca_file:
             return True
         try:

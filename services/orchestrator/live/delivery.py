@@ -192,7 +192,8 @@ def check_targets(targets: list[monitors_pb2.DeliveryTarget], data_dir: Path) ->
             except ValueError:
                 url = url._replace(netloc="")
             if url.scheme not in ("http", "https") or not url.hostname:
-                raise InvalidInput(f"{what}: webhook url must be http(s)://host/..., got {echo(target.webhook.url)}")
+                raise InvalidInput(f"{what}: webhook url must be http(s)://host/..., got "
+                                   f"{echo(redact(target.webhook.url))}")
         elif kind == "mqtt":
             url = urllib.parse.urlsplit(target.mqtt.url)
             try:

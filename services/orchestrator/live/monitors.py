@@ -392,9 +392,16 @@ def _copy(spec: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:
 
 def _keep_secrets(new: monitors_pb2.MonitorSpec, old: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:
     """An update that leaves a webhook's secret empty keeps the one stored for the same URL (the
-    client never saw it: secrets are write-only)."""
+    client never saw it: secrets are write-only), and a target URL sent back as it was shown
+    (password masked) keeps the stored one."""
     merged = monitors_pb2.MonitorSpec()
     merged.CopyFrom(new)
+    stored = {redact(url): url for t in old.targets for url in (t.webhook.url, t.mqtt.url) if url}
+    for target in merged.targets:
+        if target.HasField("webhook") and target.webhook.url in stored:
+            target.webhook.url = stored[target.webhook.url]
+        if target.HasField("mqtt") and target.mqtt.url in stored:
+            target.mqtt.url = stored[target.mqtt.url]
     secrets = {t.webhook.url: t.webhook.secret for t in old.targets if t.HasField("webhook")}
     for target in merged.targets:
         if target.HasField("webhook") and not target.webhook.secret:
