@@ -61,6 +61,7 @@ class StackOptions:
     log_dir: Path | None = None  # service logs; None keeps only the last lines for error messages
     profile: str = "default"  # the services' profile for requests that name none
     data_dir: Path | None = None  # the orchestrator's jobs, monitors and events (None: none kept)
+    orchestrator_args: tuple[str, ...] = ()  # more of its flags (tokens, media roots, stream hosts)
 
 
 @dataclass
@@ -201,7 +202,7 @@ class EmbeddedStack:
             orchestrator = await self._spawn(
                 "orchestrator",
                 ["--clip-address", clip.address, "--context-address", context.address, "--lvlm-address",
-                 lvlm.address, *data_dir],
+                 lvlm.address, *data_dir, *options.orchestrator_args],
                 port=options.orchestrator_port,
             )
             await orchestrator.listening()

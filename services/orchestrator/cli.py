@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=None,
                        help="keep jobs, monitors, events and evidence here (SQLite); without it the Jobs, Monitors "
                             "and Events services are off")
+    serve.add_argument("--tokens-file", type=Path, default=None,
+                       help="ask the orchestrator's callers for a bearer token from this file (anyanomaly token new)")
+    serve.add_argument("--media-roots", default="", help="comma-separated folders sources may lie under")
+    serve.add_argument("--stream-hosts", default="", help="comma-separated stream hosts (names, *.domain, CIDR)")
 
     detect = commands.add_parser("detect", help="score a video (file, frame folder or stream URI) for anomaly texts")
     detect.add_argument("source", help="video file, folder of frames, or rtsp:// / http:// URI")
@@ -190,9 +194,14 @@ def _stack_options(args: argparse.Namespace, port: int = 0, host: str = "127.0.0
     if bool(args.lvlm_url) != bool(args.lvlm_model):
         raise UsageError("--lvlm-url and --lvlm-model go together (the server's URL and the model it serves)")
     data_dir = getattr(args, "data_dir", None)
+    tokens = getattr(args, "tokens_file", None)
+    guarded = [("--tokens-file", str(tokens.expanduser().resolve()) if tokens else ""),
+               ("--media-roots", getattr(args, "media_roots", "")),
+               ("--stream-hosts", getattr(args, "stream_hosts", ""))]
     return StackOptions(models=args.models, lvlm_url=args.lvlm_url, lvlm_model=args.lvlm_model, host=host,
                         orchestrator_port=port, log_dir=args.log_dir, profile=args.profile or "default",
-                        data_dir=data_dir.expanduser().resolve() if data_dir else None)
+                        data_dir=data_dir.expanduser().resolve() if data_dir else None,
+                        orchestrator_args=tuple(part for flag, value in guarded if value for part in (flag, value)))
 
 
 def _print_summary(result: dict[str, Any], output: Path | None) -> None:

@@ -92,3 +92,23 @@ def test_a_monitor_from_the_command_line(served: tuple[str, Path], tmp_path: Pat
 def test_live_commands_say_when_the_orchestrator_is_unreachable() -> None:
     done = run("events", "list", "--address", "127.0.0.1:1")
     assert done.returncode == 1 and "cannot reach the orchestrator at 127.0.0.1:1" in done.stderr
+
+
+def test_serve_passes_tokens_and_media_roots_to_the_orchestrator(tmp_path: Path) -> None:
+    made = json.loads(run("token", "new", "--name", "me", "--scopes", "*", "--json").stdout)
+    (tmp_path / "tokens").write_text(made["line"] + "\n")
+    (tmp_path / "token").write_text(made["token"] + "\n")
+    media = tmp_path / "media"
+    media.mkdir()
+    frames = frame_folder(media, 24)
+    outside = frame_folder(tmp_path, 24, name="outside")
+    with FakeOpenAIServer(answer=ScriptedLVLM()) as lvlm, serving(
+            "--models", "tiny", "--port", "0", "--lvlm-url", lvlm.url, "--lvlm-model", lvlm.model,
+            "--tokens-file", str(tmp_path / "tokens"), "--media-roots", str(media)) as addresses:
+        address = addresses["orchestrator"]
+        with_token = ["--address", address, "--token-file", str(tmp_path / "token")]
+        assert run("detect", str(frames), "-t", "bicycle", *with_token).returncode == 0
+        refused = run("detect", str(frames), "-t", "bicycle", "--address", address)
+        assert refused.returncode == 2 and "needs a token" in refused.stderr
+        outside_roots = run("detect", str(outside), "-t", "bicycle", *with_token)
+        assert outside_roots.returncode == 2 and "outside the media folders" in outside_roots.stderr
