@@ -97,9 +97,6 @@ class EndpointPool(Generic[S]):
         """Endpoints out of the set whose calls are still finishing."""
         return frozenset(e.address for e in self._leaving)
 
-    def in_flight(self) -> dict[str, int]:
-        return {e.address: e.in_flight for e in (*self._endpoints.values(), *self._leaving)}
-
     def set_endpoints(self, addresses: Iterable[str]) -> None:
         """The endpoints that may take new calls from now on."""
         wanted = set(addresses)
