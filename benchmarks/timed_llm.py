@@ -6,6 +6,7 @@ timed on a machine without a GPU."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -19,13 +20,13 @@ REASON = "a person runs across the square"
 FAST_LOGPROBS = [("0", [("0", -0.3), ("1", -1.4)]), (".", [(".", 0.0)]), ("7", [("7", -0.2), ("6", -1.8)])]
 
 
-def _answer(request: dict[str, Any]) -> tuple[str, list[tuple[str, list[tuple[str, float]]]] | None]:
+def _answer(request: dict[str, Any], score: float) -> tuple[str, list[tuple[str, list[tuple[str, float]]]] | None]:
     required = ((request.get("structured_outputs") or {}).get("json") or {}).get("required", [])
     if request.get("top_logprobs"):
         return "0.7", FAST_LOGPROBS
     if required and set(required) != {"score", "reason"}:  # multi_text: one entry per text
-        return json.dumps({t: {"score": 0.7, "reason": REASON} for t in required}), None
-    return json.dumps({"score": 0.7, "reason": REASON}), None
+        return json.dumps({t: {"score": score, "reason": REASON} for t in required}), None
+    return json.dumps({"score": score, "reason": REASON}), None
 
 
 def _prompt_chars(request: dict[str, Any]) -> int:
@@ -33,9 +34,9 @@ def _prompt_chars(request: dict[str, Any]) -> int:
     return sum(len(part.get("text", "")) for part in user["content"])
 
 
-def completion_body(request: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def completion_body(request: dict[str, Any], score: float = 0.7) -> tuple[dict[str, Any], int]:
     """The chat-completions response for `request` and its number of answer tokens."""
-    content, logprobs = _answer(request)
+    content, logprobs = _answer(request, score)
     answer_tokens = len(logprobs) if logprobs is not None else math.ceil(len(content) / 4)
     choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
     if logprobs is not None:
@@ -50,10 +51,14 @@ def completion_body(request: dict[str, Any]) -> tuple[dict[str, Any], int]:
 
 
 class TimedLLM:
-    """`with TimedLLM(latency=0.2) as engine: engine.url`"""
+    """`with TimedLLM(latency=0.2) as engine: engine.url`. `scores`: the scores answered, in turn
+    (one per call, cycled), e.g. to make a live monitor open and close events."""
 
-    def __init__(self, latency: float, per_answer_token: float = 0.0, model: str = "timed-llm") -> None:
+    def __init__(self, latency: float, per_answer_token: float = 0.0, model: str = "timed-llm",
+                 scores: tuple[float, ...] = (0.7,)) -> None:
         self.latency, self.per_answer_token, self.model = latency, per_answer_token, model
+        self._scores = itertools.cycle(scores)
+        self._turn = threading.Lock()
         ThreadingHTTPServer.request_queue_size = 256
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -80,7 +85,9 @@ class TimedLLM:
 
             def do_POST(self) -> None:
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                body, answer_tokens = completion_body(request)
+                with device._turn:
+                    score = next(device._scores)
+                body, answer_tokens = completion_body(request, score)
                 time.sleep(device.latency + device.per_answer_token * answer_tokens)  # the engine's time
                 payload = json.dumps(body).encode()
                 self.send_response(200)
