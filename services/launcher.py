@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections import deque
@@ -56,12 +57,12 @@ class StackOptions:
     models: str = "default"  # "default" or "tiny"
     lvlm_url: str = ""  # an OpenAI-compatible server (e.g. vllm serve) instead of a local model
     lvlm_model: str = ""
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the orchestrator's; the other services always bind 127.0.0.1
     orchestrator_port: int = 0
     log_dir: Path | None = None  # service logs; None keeps only the last lines for error messages
     profile: str = "default"  # the services' profile for requests that name none
     data_dir: Path | None = None  # the orchestrator's jobs, monitors and events (None: none kept)
-    orchestrator_args: tuple[str, ...] = ()  # more of its flags (tokens, media roots, stream hosts)
+    orchestrator_args: tuple[str, ...] = ()  # more of its flags (tokens, media roots, allowed hosts, TLS)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ServiceProcess:
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     reader: asyncio.Task[None] | None = None
     port: int = 0
+    health_port: int = 0  # a plaintext health-only port, where the service port speaks TLS
 
     @property
     def address(self) -> str:
@@ -143,27 +145,30 @@ class EmbeddedStack:
             await asyncio.wait_for(asyncio.shield(service.process.wait()), within)
         return service.exit_reason() if service.process.returncode is not None else ""
 
-    async def _spawn(self, name: str, args: Sequence[str], port: int = 0) -> ServiceProcess:
+    async def _spawn(self, name: str, args: Sequence[str], port: int = 0, host: str = "127.0.0.1",
+                     health_port: int = 0) -> ServiceProcess:
         log_file = None
         if self.options.log_dir is not None:
             self.options.log_dir.mkdir(parents=True, exist_ok=True)
             log_file = (self.options.log_dir / f"{name}.log").open("a")
         port_file = self._ports / f"{name}.port"
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{name}", "--host", self.options.host, "--port", str(port),
+            sys.executable, "-m", f"services.{name}", "--host", host, "--port", str(port),
             "--port-file", str(port_file), "--parent-pid", str(os.getpid()),
-            "--log-format", "json", "--profile", self.options.profile, *args,
+            "--log-format", "json", "--profile", self.options.profile,
+            *(["--health-port", str(health_port)] if health_port else []), *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
-        service = ServiceProcess(name, process, port_file, dial_host(self.options.host), log_file)
+        service = ServiceProcess(name, process, port_file, dial_host(host), log_file, health_port=health_port)
         service.reader = asyncio.create_task(service.pump())
         self.services[name] = service
         return service
 
     async def _until_serving(self, service: ServiceProcess) -> None:
         """Watch the service's health until SERVING; fail if the process exits first."""
-        async with open_channel(service.address, default_timeout=START_TIMEOUT_SECONDS) as channel:
+        address = f"{service.host}:{service.health_port}" if service.health_port else service.address
+        async with open_channel(address, default_timeout=START_TIMEOUT_SECONDS) as channel:
             stub: Any = health_pb2_grpc.HealthStub(channel)
             watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=START_TIMEOUT_SECONDS,
                                wait_for_ready=True)
@@ -203,7 +208,9 @@ class EmbeddedStack:
                 "orchestrator",
                 ["--clip-address", clip.address, "--context-address", context.address, "--lvlm-address",
                  lvlm.address, *data_dir, *options.orchestrator_args],
-                port=options.orchestrator_port,
+                port=options.orchestrator_port, host=options.host,
+                # a TLS port needs the caller's CA; the launcher watches readiness on a plaintext one
+                health_port=free_port() if "--tls-cert" in options.orchestrator_args else 0,
             )
             await orchestrator.listening()
             await asyncio.gather(*(self._until_serving(s) for s in self.services.values()))
@@ -230,6 +237,12 @@ class EmbeddedStack:
             port_file.unlink()
         with contextlib.suppress(OSError):
             self._ports.rmdir()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _signal_group(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:

@@ -184,7 +184,7 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """A channel to `address`, over TLS when `tls` is given. `server_name`: the name the
     server's certificate must carry, when it is not the address's host (a pod's IP). `token`:
-    sent as a bearer token on every call (the orchestrator's --tokens-file)."""
+    sent as a bearer token on every call (the orchestrator's --auth-tokens-file)."""
     options = channel_options(max_message_mb, keepalive_seconds, retries)
     interceptors = call_defaults(default_timeout, token)
     if tls is None:

@@ -75,9 +75,9 @@ class ServerSettings:
                                                 "reconnect, so long-lived clients spread over new replicas; calls "
                                                 "in progress finish; 0: never", minimum=0.0)
     metrics_port: int = setting(0, "serve Prometheus metrics on this port; 0 disables")
-    tls_cert_file: str = setting("", "serve TLS with this PEM certificate (chain); re-read when it changes")
-    tls_key_file: str = setting("", "the PEM private key of --tls-cert-file")
-    tls_client_ca_file: str = setting("", "require callers to present a certificate signed by this PEM CA "
+    tls_cert: str = setting("", "serve TLS with this PEM certificate (chain); re-read when it changes")
+    tls_key: str = setting("", "the PEM private key of --tls-cert")
+    tls_client_ca: str = setting("", "require callers to present a certificate signed by this PEM CA "
                                       "(mutual TLS)")
     health_port: int = setting(0, "also serve the gRPC health service, and only it, in plaintext on this port "
                                "(Kubernetes' gRPC probes cannot speak TLS); 0: none")
@@ -91,10 +91,10 @@ class ServerSettings:
 class CallerSettings(ServerSettings):
     """Settings of a service that calls other services."""
 
-    tls_ca_file: str = setting("", "call the other services over TLS, trusting this PEM CA")
-    tls_client_cert_file: str = setting("", "present this PEM certificate to the services called (mutual TLS); "
+    tls_ca: str = setting("", "call the other services over TLS, trusting this PEM CA")
+    tls_client_cert: str = setting("", "present this PEM certificate to the services called (mutual TLS); "
                                         "re-read when it changes")
-    tls_client_key_file: str = setting("", "the PEM private key of --tls-client-cert-file")
+    tls_client_key: str = setting("", "the PEM private key of --tls-client-cert")
 
 
 def _flag(name: str) -> str:

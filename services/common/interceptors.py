@@ -9,6 +9,8 @@ request id therefore travels back in the trailing metadata.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import logging
 import time
@@ -35,6 +37,13 @@ RPC_TOTAL = Counter("anyanomaly_rpc_total", "RPCs served", ["service", "method",
 RPC_SECONDS = Histogram("anyanomaly_rpc_seconds", "RPC latency", ["service", "method"])
 
 MAX_DETAILS_CHARS = 1000  # status details travel in a header; 8 kB would be refused
+
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+
+
+def current_caller() -> str:
+    """The name of the credential the current RPC came with ("" where none is asked)."""
+    return _caller.get()
 
 
 def _request_id(context: Context) -> str:
@@ -91,13 +100,15 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
         self._tokens: tuple[Any, Any] | None = None
+        self._caller_token: contextvars.Token[str] | None = None
 
     def begin(self, request: Any) -> None:
         """Make the request id and the caller's deadline current; refuse a malformed request."""
         self.context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
         self._tokens = (set_request_id(self.request_id), set_deadline(self.context.time_remaining()))
         if self.authorize is not None:
-            self.caller = self.authorize(self.method, tuple(self.context.invocation_metadata() or ()))
+            self.caller = self.authorize(self.method, self.context)
+            self._caller_token = _caller.set(self.caller)
         if isinstance(request, Malformed):
             raise InvalidInput(request.message)
 
@@ -124,6 +135,9 @@ class _Call:
         if self._tokens is not None:
             reset_request_id(self._tokens[0])
             reset_deadline(self._tokens[1])
+        if self._caller_token is not None:
+            with contextlib.suppress(ValueError):  # a generator closed from another context
+                _caller.reset(self._caller_token)
 
 
 if TYPE_CHECKING:
@@ -134,7 +148,7 @@ OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerRefl
                  "/grpc.reflection.v1.ServerReflection/")
 
 # (method, the call's metadata) -> the caller's name; raises Unauthenticated or PermissionDenied.
-Authorize = Callable[[str, tuple[Any, ...]], str]
+Authorize = Callable[[str, Context], str]  # (method, context) -> the caller's name
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):

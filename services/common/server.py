@@ -144,7 +144,7 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
         [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    tls = ServerTls.from_settings(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    tls = ServerTls.from_settings(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     address = f"{settings.host}:{settings.port}"
     try:
         port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
@@ -152,7 +152,7 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
         raise OSError(f"cannot bind {address}: {exc}; choose another --port") from exc
     if tls is None and not _loopback(settings.host):
         log.warning("serving WITHOUT TLS on %s: anyone on the network can read and send these calls; set "
-                    "--tls-cert-file and --tls-key-file, or bind 127.0.0.1", address)
+                    "--tls-cert and --tls-key, or bind 127.0.0.1", address)
     health_server = await _start_health_server(health, settings) if settings.health_port else None
     await server.start()
     log.info("listening", extra={"host": settings.host, "port": port, "tls": bool(tls),

@@ -64,7 +64,7 @@ class ServerTls:
         if not (cert or key or client_ca):
             return None
         if not (cert and key):
-            raise StartupError("TLS needs both --tls-cert-file and --tls-key-file (a client CA alone serves nothing)")
+            raise StartupError("TLS needs both --tls-cert and --tls-key (a client CA alone serves nothing)")
         return cls(cert, key, client_ca)
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
@@ -106,7 +106,7 @@ class ClientTls:
 
     @classmethod
     def from_settings(cls, ca: str, cert: str, key: str, flags: tuple[str, str, str] = (
-            "--tls-ca-file", "--tls-client-cert-file", "--tls-client-key-file")) -> ClientTls | None:
+            "--tls-ca", "--tls-client-cert", "--tls-client-key")) -> ClientTls | None:
         """None without any file; `flags` name the three in errors."""
         if not (ca or cert or key):
             return None

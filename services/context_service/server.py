@@ -66,8 +66,8 @@ def build_service(settings: ContextSettings) -> tuple[ServiceSpec, ContextEngine
     engine = ContextEngine(settings)
 
     async def connect() -> None:  # channels belong to the running event loop
-        tls = ClientTls.from_settings(settings.tls_ca_file, settings.tls_client_cert_file,
-                                      settings.tls_client_key_file)
+        tls = ClientTls.from_settings(settings.tls_ca, settings.tls_client_cert,
+                                      settings.tls_client_key)
         engine.attach(await ClipClient.open(settings.clip_address, settings.clip_timeout_seconds,
                                             settings.max_message_mb, settings.keepalive_seconds, tls))
 

@@ -76,10 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=None,
                        help="keep jobs, monitors, events and evidence here (SQLite); without it the Jobs, Monitors "
                             "and Events services are off")
-    serve.add_argument("--tokens-file", type=Path, default=None,
-                       help="ask the orchestrator's callers for a bearer token from this file (anyanomaly token new)")
+    serve.add_argument("--auth-tokens-file", type=Path, default=None,
+                       help="ask the orchestrator's callers for a credential from this file (anyanomaly token new)")
     serve.add_argument("--media-roots", default="", help="comma-separated folders sources may lie under")
-    serve.add_argument("--stream-hosts", default="", help="comma-separated stream hosts (names, *.domain, CIDR)")
+    serve.add_argument("--allow-hosts", default="", help="comma-separated stream hosts (names, *.domain, CIDR)")
+    serve.add_argument("--tls-cert", type=Path, default=None, help="the orchestrator serves TLS with this PEM "
+                       "certificate (the other services stay on 127.0.0.1)")
+    serve.add_argument("--tls-key", type=Path, default=None, help="the PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, default=None,
+                       help="require callers' certificates signed by this PEM CA (mutual TLS)")
 
     detect = commands.add_parser("detect", help="score a video (file, frame folder or stream URI) for anomaly texts")
     detect.add_argument("source", help="video file, folder of frames, or rtsp:// / http:// URI")
@@ -117,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     live_cli.add_commands(commands)
 
-    token = commands.add_parser("token", help="make a bearer token for the orchestrator's --tokens-file")
+    token = commands.add_parser("token", help="make a bearer token for the orchestrator's --auth-tokens-file")
     token.add_argument("action", choices=("new",))
     token.add_argument("--name", required=True, help="who or what uses it (shown in the access log)")
     token.add_argument("--scopes", required=True,
-                       help=f"comma-separated: {', '.join(auth.SCOPES)}, or * for all")
+                       help=f"comma-separated: {', '.join(auth.SCOPES)} (admin: all)")
     token.add_argument("--json", action="store_true")
 
     capacity = commands.add_parser("plan", help="LVLM pods and GPUs for a site's cameras and texts")
@@ -194,10 +199,13 @@ def _stack_options(args: argparse.Namespace, port: int = 0, host: str = "127.0.0
     if bool(args.lvlm_url) != bool(args.lvlm_model):
         raise UsageError("--lvlm-url and --lvlm-model go together (the server's URL and the model it serves)")
     data_dir = getattr(args, "data_dir", None)
-    tokens = getattr(args, "tokens_file", None)
-    guarded = [("--tokens-file", str(tokens.expanduser().resolve()) if tokens else ""),
-               ("--media-roots", getattr(args, "media_roots", "")),
-               ("--stream-hosts", getattr(args, "stream_hosts", ""))]
+    def file(name: str) -> str:
+        path = getattr(args, name, None)
+        return str(path.expanduser().resolve()) if path else ""
+
+    guarded = [("--auth-tokens-file", file("auth_tokens_file")), ("--media-roots", getattr(args, "media_roots", "")),
+               ("--allow-hosts", getattr(args, "allow_hosts", "")), ("--tls-cert", file("tls_cert")),
+               ("--tls-key", file("tls_key")), ("--tls-client-ca", file("tls_client_ca"))]
     return StackOptions(models=args.models, lvlm_url=args.lvlm_url, lvlm_model=args.lvlm_model, host=host,
                         orchestrator_port=port, log_dir=args.log_dir, profile=args.profile or "default",
                         data_dir=data_dir.expanduser().resolve() if data_dir else None,
@@ -313,16 +321,16 @@ async def _eval(args: argparse.Namespace) -> int:
 async def _token(args: argparse.Namespace) -> int:
     """A new token, and the line that grants it (the file keeps only its hash)."""
     token = auth.new_token()
-    line = f"{args.name} {args.scopes} {auth.token_hash(token)}"
+    line = f"{auth.token_hash(token)} {args.scopes} {args.name}"
     try:
-        auth.parse_tokens(line, "the new line")  # the name and scopes as the orchestrator will read them
+        auth.parse_grants(line, "the new line")  # the name and scopes as the orchestrator will read them
     except ValueError as error:
         raise UsageError(str(error).replace("the new line line 1: ", "")) from error
     if args.json:
         print(json.dumps({"name": args.name, "scopes": args.scopes.split(","), "token": token, "line": line}))
         return 0
     print(f"token (give it to the client; it is shown only now): {token}")
-    print(f"line for the orchestrator's tokens file: {line}")
+    print(f"line for the orchestrator's --auth-tokens-file: {line}")
     return 0
 
 

@@ -27,15 +27,21 @@ class OrchestratorSettings(CallerSettings):
     jpeg_quality: int = setting(95, "JPEG quality for --frame-format jpeg")
     media_roots: str = setting("", "comma-separated folders that file and folder sources must lie under; empty: any "
                                "path when bound to loopback, else only the data dir")
-    stream_hosts: str = setting("", "comma-separated hosts stream URIs may name (names, *.domain, IPs, CIDR ranges); "
+    allow_hosts: str = setting("", "comma-separated hosts stream URIs may name (names, *.domain, IPs, CIDR ranges); "
                                 "empty: any host but loopback, link-local and metadata addresses (allowed too when "
                                 "bound to loopback)")
     max_texts: int = setting(64, "most texts per detection, after splitting 'a-b' texts")
     max_frames: int = setting(1_000_000, "most frames read from one source")
     max_image_pixels: int = setting(3840 * 2160, "largest frame accepted, in pixels")
-    tokens_file: str = setting("", "require a bearer token on every call but health and reflection: a file of "
-                               "'NAME SCOPES sha256:HASH' lines (anyanomaly token new), re-read when it changes; "
-                               "empty: no tokens asked")
+    auth_tokens_file: str = setting("", "require a credential on every call but health and reflection: a file of "
+                                    "'sha256:HASH SCOPES [NAME]' lines (anyanomaly token new) and, with "
+                                    "--tls-client-ca, 'cert:IDENTITY SCOPES [NAME]' lines; re-read when it "
+                                    "changes; empty: none asked")
+    max_monitors_per_token: int = setting(32, "monitors one caller (token, certificate, or all callers when no "
+                                          "credentials are asked) may have; one more is RESOURCE_EXHAUSTED",
+                                          minimum=1)
+    max_jobs_per_token: int = setting(64, "queued and running jobs one caller may have; one more is "
+                                      "RESOURCE_EXHAUSTED", minimum=1)
     stream_timeout_seconds: float = setting(10.0, "a stream URI that does not connect, or sends no frame, within this "
                                             "long fails the detection")
     # Live operation: jobs, monitors and events (off without a data dir).

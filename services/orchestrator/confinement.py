@@ -7,7 +7,7 @@ symlink that leads out of the roots, never /proc, /sys or /dev. The check comes 
 is opened; the files of a frame folder are checked again as each is read (a link out of the roots
 is refused).
 
-Stream URLs: rtsp, rtsps, http, https and rtmp only. With --stream-hosts only the listed hosts
+Stream URLs: rtsp, rtsps, http, https and rtmp only. With --allow-hosts only the listed hosts
 (names, "*.domain", IP addresses or CIDR ranges); without, any host but the loopback, link-local
 (cloud metadata at 169.254.169.254 among them), unspecified and multicast addresses, which an
 orchestrator reachable from the network refuses unless listed; one bound to loopback allows
@@ -63,11 +63,11 @@ def is_loopback_host(host: str) -> bool:
 @dataclass(frozen=True)
 class SourcePolicy:
     roots: tuple[Path, ...] | None  # None: any path
-    stream_hosts: tuple[str, ...] = ()  # allowed hosts; empty: any but local ones
+    allow_hosts: tuple[str, ...] = ()  # allowed hosts; empty: any but local ones
     local_streams: bool = True  # loopback, link-local ... without being listed
 
     @classmethod
-    def from_settings(cls, media_roots: str, stream_hosts: str, bind_host: str, data_dir: str) -> SourcePolicy:
+    def from_settings(cls, media_roots: str, allow_hosts: str, bind_host: str, data_dir: str) -> SourcePolicy:
         local = is_loopback_host(bind_host)
         roots = [r.strip() for r in media_roots.split(",") if r.strip()]
         if roots:
@@ -76,7 +76,7 @@ class SourcePolicy:
             chosen = None
         else:
             chosen = (Path(data_dir).expanduser().resolve(),) if data_dir else ()
-        return cls(chosen, tuple(h.strip().lower() for h in stream_hosts.split(",") if h.strip()), local)
+        return cls(chosen, tuple(h.strip().lower() for h in allow_hosts.split(",") if h.strip()), local)
 
     def check_path(self, location: str) -> Path:
         """The path to open (resolved: what was checked is what is read), or PermissionDenied /
@@ -128,10 +128,10 @@ class SourcePolicy:
                                f"{', '.join(s + '://' for s in STREAM_SCHEMES)}")
         if not host:
             raise InvalidInput(f"the stream URI {shown} names no host")
-        listed = bool(self.stream_hosts) and any(_matches(host, entry) for entry in self.stream_hosts)
-        if self.stream_hosts and not listed:
+        listed = bool(self.allow_hosts) and any(_matches(host, entry) for entry in self.allow_hosts)
+        if self.allow_hosts and not listed:
             raise PermissionDenied(f"the stream host {host} is not among those this orchestrator may read "
-                                   f"({', '.join(self.stream_hosts)})")
+                                   f"({', '.join(self.allow_hosts)})")
         literal = _literal(host)
         if listed and literal is not None:
             return  # an address listed as such is what the operator allowed
@@ -140,7 +140,7 @@ class SourcePolicy:
                 raise PermissionDenied(f"the stream host {host} is a cloud metadata address ({address})")
             if not listed and not self.local_streams and _local(address):
                 raise PermissionDenied(f"the stream host {host} is a loopback, link-local or otherwise local "
-                                       f"address ({address}); list it in --stream-hosts to allow it")
+                                       f"address ({address}); list it in --allow-hosts to allow it")
 
 
 def _matches(host: str, entry: str) -> bool:

@@ -37,4 +37,4 @@ def frame_encoding(settings: OrchestratorSettings) -> FrameEncoding:
 
 
 def source_policy(settings: OrchestratorSettings) -> SourcePolicy:
-    return SourcePolicy.from_settings(settings.media_roots, settings.stream_hosts, settings.host, settings.data_dir)
+    return SourcePolicy.from_settings(settings.media_roots, settings.allow_hosts, settings.host, settings.data_dir)

@@ -171,10 +171,10 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
     waiting: list[asyncio.Task[None]] = []
     tokens: list[TokenFile] = []  # loaded at start (a bad file stops start-up with one line)
 
-    def authorize(method: str, metadata: tuple[Any, ...]) -> str:
+    def authorize(method: str, context: Any) -> str:
         if not tokens:
             raise NotReady("the orchestrator is starting; retry shortly")
-        return tokens[0].authorize(method, metadata)
+        return tokens[0].authorize(method, context)
 
     async def take_over_when_free() -> None:
         while not await asyncio.to_thread(holder.try_hold):
@@ -183,13 +183,13 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
         log.info("running the jobs and monitors of the data dir")
 
     async def start() -> None:  # channels belong to the running event loop
-        if settings.tokens_file:
-            tokens.append(TokenFile(settings.tokens_file))
-        elif not is_loopback_host(settings.host):
+        if settings.auth_tokens_file:
+            tokens.append(TokenFile(settings.auth_tokens_file, certificates_verified=bool(settings.tls_client_ca)))
+        elif not is_loopback_host(settings.host) and not settings.tls_client_ca:
             log.warning("serving WITHOUT TOKENS on %s: anyone who reaches this port may run detections and manage "
-                        "monitors and jobs; set --tokens-file (anyanomaly token new)", settings.host)
-        tls = ClientTls.from_settings(settings.tls_ca_file, settings.tls_client_cert_file,
-                                      settings.tls_client_key_file)
+                        "monitors and jobs; set --auth-tokens-file (anyanomaly token new)", settings.host)
+        tls = ClientTls.from_settings(settings.tls_ca, settings.tls_client_cert,
+                                      settings.tls_client_key)
         detector.attach(await ServiceClients.open(
             settings.clip_address, settings.context_address, settings.lvlm_address, settings.rpc_timeout_seconds,
             settings.max_message_mb, settings.keepalive_seconds, tls))
@@ -223,4 +223,4 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
         events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(access), server)
 
     return ServiceSpec(name="orchestrator", service_names=SERVICE_NAMES, register=register, start=start, stop=stop,
-                       drain=drain, authorize=authorize if settings.tokens_file else None)
+                       drain=drain, authorize=authorize if settings.auth_tokens_file else None)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.certificates import Pki
 from tests.helpers.cli import ANYANOMALY, run, serving
 from tests.helpers.detect import frame_folder
 from tests.helpers.fake_openai_server import FakeOpenAIServer
@@ -20,6 +21,20 @@ from tests.helpers.processes import die_with_this_process
 from tests.helpers.scripted_lvlm import ScriptedLVLM
 
 pytestmark = pytest.mark.slow
+
+
+def listening_host(port: int) -> str:
+    """The IPv4 address a TCP socket listens on at `port` ("0.0.0.0": any), from /proc/net/tcp
+    and tcp6 (gRPC listens on IPv6 sockets, IPv4 addresses mapped)."""
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # LISTEN
+                if len(address) == 32 and not address.startswith("0000000000000000FFFF0000"):
+                    return "0.0.0.0" if set(address) == {"0"} else "an IPv6 address"
+                return ".".join(str(int(address[-8:][i:i + 2], 16)) for i in (6, 4, 2, 0))
+    return ""
 
 
 def lines(output: str) -> list[dict[str, Any]]:
@@ -94,8 +109,12 @@ def test_live_commands_say_when_the_orchestrator_is_unreachable() -> None:
     assert done.returncode == 1 and "cannot reach the orchestrator at 127.0.0.1:1" in done.stderr
 
 
-def test_serve_passes_tokens_and_media_roots_to_the_orchestrator(tmp_path: Path) -> None:
-    made = json.loads(run("token", "new", "--name", "me", "--scopes", "*", "--json").stdout)
+def test_serve_passes_tls_tokens_and_media_roots_to_the_orchestrator(tmp_path: Path) -> None:
+    """`anyanomaly serve --host 0.0.0.0` with TLS and tokens: the orchestrator listens on every
+    address behind both, the other services only on 127.0.0.1."""
+    pki = Pki(tmp_path / "pki")
+    tls = pki.server("orchestrator", mutual=False)
+    made = json.loads(run("token", "new", "--name", "me", "--scopes", "admin", "--json").stdout)
     (tmp_path / "tokens").write_text(made["line"] + "\n")
     (tmp_path / "token").write_text(made["token"] + "\n")
     media = tmp_path / "media"
@@ -104,11 +123,21 @@ def test_serve_passes_tokens_and_media_roots_to_the_orchestrator(tmp_path: Path)
     outside = frame_folder(tmp_path, 24, name="outside")
     with FakeOpenAIServer(answer=ScriptedLVLM()) as lvlm, serving(
             "--models", "tiny", "--port", "0", "--lvlm-url", lvlm.url, "--lvlm-model", lvlm.model,
-            "--tokens-file", str(tmp_path / "tokens"), "--media-roots", str(media)) as addresses:
+            "--auth-tokens-file", str(tmp_path / "tokens"), "--media-roots", str(media), "--host", "0.0.0.0",
+            "--tls-cert", str(tls["tls_cert"]), "--tls-key", str(tls["tls_key"])) as addresses:
         address = addresses["orchestrator"]
-        with_token = ["--address", address, "--token-file", str(tmp_path / "token")]
+        services = {name: addresses[name] for name in ("orchestrator", "clip_service", "context_service",
+                                                       "lvlm_service")}
+        assert all(a.startswith("127.0.0.1:") for a in services.values())
+        assert {name: listening_host(int(a.rsplit(":", 1)[1])) for name, a in services.items()} == {
+            "orchestrator": "0.0.0.0", "clip_service": "127.0.0.1", "context_service": "127.0.0.1",
+            "lvlm_service": "127.0.0.1"}
+        with_token = ["--address", address, "--token-file", str(tmp_path / "token"), "--tls-ca", str(pki.ca_file)]
+        plaintext = run("detect", str(frames), "-t", "bicycle", "--address", address, "--token-file",
+                        str(tmp_path / "token"))
+        assert plaintext.returncode == 2 and "cannot reach the orchestrator" in plaintext.stderr
         assert run("detect", str(frames), "-t", "bicycle", *with_token).returncode == 0
-        refused = run("detect", str(frames), "-t", "bicycle", "--address", address)
+        refused = run("detect", str(frames), "-t", "bicycle", "--address", address, "--tls-ca", str(pki.ca_file))
         assert refused.returncode == 2 and "needs a token" in refused.stderr
         outside_roots = run("detect", str(outside), "-t", "bicycle", *with_token)
         assert outside_roots.returncode == 2 and "outside the media folders" in outside_roots.stderr

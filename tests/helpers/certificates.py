@@ -76,10 +76,10 @@ class Pki:
     def server(self, name: str, mutual: bool = True) -> dict[str, object]:
         """Serve TLS as `name`; with `mutual`, require client certificates from this CA."""
         cert, key = self.authority.issue(self.folder, name)
-        return {"tls_cert_file": str(cert), "tls_key_file": str(key),
-                "tls_client_ca_file": str(self.ca_file) if mutual else ""}
+        return {"tls_cert": str(cert), "tls_key": str(key),
+                "tls_client_ca": str(self.ca_file) if mutual else ""}
 
     def caller(self, name: str) -> dict[str, object]:
         """Call other services over TLS, trusting this CA, presenting a certificate as `name`."""
         cert, key = self.authority.issue(self.folder, name)
-        return {"tls_ca_file": str(self.ca_file), "tls_client_cert_file": str(cert), "tls_client_key_file": str(key)}
+        return {"tls_ca": str(self.ca_file), "tls_client_cert": str(cert), "tls_client_key": str(key)}

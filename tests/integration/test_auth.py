@@ -1,7 +1,8 @@
-"""Bearer tokens on the orchestrator's public API, through a real stack: no token or an unknown
+"""Credentials on the orchestrator's public API, through a real stack: no token or an unknown
 one is UNAUTHENTICATED, a token without the method's scope PERMISSION_DENIED, the right scope
 goes through; tokens rotate by editing the file; health and reflection stay open; no token (or
-its hash) reaches a log line; the command line sends one."""
+its hash) reaches a log line; the command line sends one; client certificates are identities
+under mutual TLS; each caller has its own monitors and jobs budget."""
 
 from __future__ import annotations
 
@@ -28,38 +29,41 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.auth import new_token, token_hash
 from services.common.clients import open_channel
+from services.common.tls import ClientTls
 from tests.conftest import scripted_stack
 from tests.helpers import cli
+from tests.helpers.certificates import Pki
 from tests.helpers.detect import frame_folder
 
 TOKENS = {name: new_token() for name in ("reader", "detector", "operator", "admin")}
-SCOPES = {"reader": "read", "detector": "detect", "operator": "read,monitors,jobs", "admin": "*"}
+SCOPES = {"reader": "events", "detector": "detect", "operator": "events,monitors,jobs", "admin": "admin"}
 
 
-def tokens_file(path: Path, names: tuple[str, ...]) -> Path:
-    path.write_text("# name scopes hash\n" + "".join(
-        f"{name} {SCOPES[name]} {token_hash(TOKENS[name])}\n" for name in names))
+def tokens_file(path: Path, names: tuple[str, ...], extra: str = "") -> Path:
+    path.write_text("# credential scopes name\n" + "".join(
+        f"{token_hash(TOKENS[name])} {SCOPES[name]} {name}\n" for name in names) + extra)
     return path
 
 
-async def code_of(address: str, token: str, call: str, source: orchestrator_pb2.VideoSource) -> grpc.StatusCode:
+async def code_of(address: str, token: str, call: str, source: orchestrator_pb2.VideoSource,
+                  tls: ClientTls | None = None) -> grpc.StatusCode:
     """The status one call of each kind ends with, sent with `token` ("" for none); a refusal for
     want of a scope comes back as PERMISSION_DENIED, any other as its own code (checked)."""
-    code, details = await answer_of(address, token, call, source)
+    code, details = await answer_of(address, token, call, source, tls)
     if code == grpc.StatusCode.PERMISSION_DENIED:
         assert "needs the scope" in details, details  # not some other refusal with the same code
     return code
 
 
-async def answer_of(address: str, token: str, call: str, source: orchestrator_pb2.VideoSource
-                    ) -> tuple[grpc.StatusCode, str]:
-    async with open_channel(address, token=token) as channel:
+async def answer_of(address: str, token: str, call: str, source: orchestrator_pb2.VideoSource,
+                    tls: ClientTls | None = None) -> tuple[grpc.StatusCode, str]:
+    async with open_channel(address, token=token, tls=tls) as channel:
         calls: dict[str, Any] = {
             "detect": lambda: _drain(orchestrator_pb2_grpc.OrchestratorStub(channel).Detect(
                 orchestrator_pb2.DetectRequest(source=source, texts=["bicycle"]))),
             "detect_stream": lambda: _drain(orchestrator_pb2_grpc.OrchestratorStub(channel).DetectStream(iter([
                 orchestrator_pb2.DetectStreamRequest(config=orchestrator_pb2.DetectStreamConfig(texts=["bicycle"]))]))),
-            "read": lambda: events_pb2_grpc.EventsStub(channel).ListEvents(events_pb2.ListEventsRequest()),
+            "events": lambda: events_pb2_grpc.EventsStub(channel).ListEvents(events_pb2.ListEventsRequest()),
             "monitors": lambda: monitors_pb2_grpc.MonitorsStub(channel).DeleteMonitor(
                 monitors_pb2.GetMonitorRequest(monitor_id="none")),
             "jobs": lambda: jobs_pb2_grpc.JobsStub(channel).CancelJob(jobs_pb2.CancelJobRequest(job_id="none")),
@@ -80,12 +84,12 @@ async def test_each_call_needs_a_known_token_with_its_scope(tmp_path: Path, capl
     source = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 24)))
     path = tokens_file(tmp_path / "tokens", tuple(TOKENS))
     with caplog.at_level(logging.INFO):
-        async with scripted_stack(data_dir=str(tmp_path / "data"), tokens_file=str(path)) as stack:
+        async with scripted_stack(data_dir=str(tmp_path / "data"), auth_tokens_file=str(path)) as stack:
             address = stack.address
-            granted = {"reader": {"read"}, "detector": {"detect", "detect_stream"},
-                       "operator": {"read", "monitors", "jobs"},
-                       "admin": {"detect", "detect_stream", "read", "monitors", "jobs"}}
-            for call in ("detect", "detect_stream", "read", "monitors", "jobs"):
+            granted = {"reader": {"events"}, "detector": {"detect", "detect_stream"},
+                       "operator": {"events", "monitors", "jobs"},
+                       "admin": {"detect", "detect_stream", "events", "monitors", "jobs"}}
+            for call in ("detect", "detect_stream", "events", "monitors", "jobs"):
                 assert await code_of(address, "", call, source) == grpc.StatusCode.UNAUTHENTICATED
                 assert await code_of(address, new_token(), call, source) == grpc.StatusCode.UNAUTHENTICATED
                 for name, scopes in granted.items():
@@ -107,8 +111,8 @@ async def test_each_call_needs_a_known_token_with_its_scope(tmp_path: Path, capl
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await monitors_pb2_grpc.MonitorsStub(channel).DeleteMonitor(
                         monitors_pb2.GetMonitorRequest(monitor_id="none"))
-                assert refused.value.details() == ("token 'reader' may not call Monitors.DeleteMonitor: that needs the "
-                                                   "scope 'monitors' (it has read)")
+                assert refused.value.details() == ("'reader' may not call Monitors.DeleteMonitor: that needs the "
+                                                   "scope 'monitors' (it has events)")
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert "caller" in logged  # the access log names the token's holder ...
     for token in TOKENS.values():  # ... and never shows a token or its hash
@@ -118,24 +122,24 @@ async def test_each_call_needs_a_known_token_with_its_scope(tmp_path: Path, capl
 async def test_tokens_rotate_by_editing_the_file(tmp_path: Path) -> None:
     source = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 24)))
     path = tokens_file(tmp_path / "tokens", ("reader", "operator"))
-    async with scripted_stack(data_dir=str(tmp_path / "data"), tokens_file=str(path)) as stack:
-        assert await code_of(stack.address, TOKENS["reader"], "read", source) == grpc.StatusCode.OK
+    async with scripted_stack(data_dir=str(tmp_path / "data"), auth_tokens_file=str(path)) as stack:
+        assert await code_of(stack.address, TOKENS["reader"], "events", source) == grpc.StatusCode.OK
         tokens_file(path, ("operator",))  # the old token is revoked, the new one stays
-        assert await code_of(stack.address, TOKENS["reader"], "read", source) == grpc.StatusCode.UNAUTHENTICATED
-        assert await code_of(stack.address, TOKENS["operator"], "read", source) == grpc.StatusCode.OK
-        path.write_text("operator read,monitors\n")  # a broken edit: the tokens in force stay
-        assert await code_of(stack.address, TOKENS["operator"], "read", source) == grpc.StatusCode.OK
+        assert await code_of(stack.address, TOKENS["reader"], "events", source) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code_of(stack.address, TOKENS["operator"], "events", source) == grpc.StatusCode.OK
+        path.write_text("operator events,monitors\n")  # a broken edit: the tokens in force stay
+        assert await code_of(stack.address, TOKENS["operator"], "events", source) == grpc.StatusCode.OK
 
 
 async def test_the_command_line_sends_the_token(tmp_path: Path) -> None:
-    made = await asyncio.to_thread(cli.run, "token", "new", "--name", "cli", "--scopes", "detect,read", "--json")
+    made = await asyncio.to_thread(cli.run, "token", "new", "--name", "cli", "--scopes", "detect,jobs", "--json")
     assert made.returncode == 0, made.stderr
     new = json.loads(made.stdout)
-    assert new["line"] == f"cli detect,read {token_hash(new['token'])}"
+    assert new["line"] == f"{token_hash(new['token'])} detect,jobs cli"
     (tmp_path / "tokens").write_text(new["line"] + "\n")
     (tmp_path / "token").write_text(new["token"] + "\n")
     folder = frame_folder(tmp_path, 24)
-    async with scripted_stack(data_dir=str(tmp_path / "data"), tokens_file=str(tmp_path / "tokens")) as stack:
+    async with scripted_stack(data_dir=str(tmp_path / "data"), auth_tokens_file=str(tmp_path / "tokens")) as stack:
         command = ["detect", str(folder), "-t", "bicycle", "--address", stack.address, "--output",
                    str(tmp_path / "out.json")]
         done = await asyncio.to_thread(cli.run, *command, "--token-file", str(tmp_path / "token"))
@@ -148,3 +152,56 @@ async def test_the_command_line_sends_the_token(tmp_path: Path) -> None:
         done = await asyncio.to_thread(cli.run, "monitors", "delete", "none", "--address", stack.address,
                                        "--token-file", str(tmp_path / "token"))
         assert done.returncode == 2 and "needs the scope 'monitors'" in done.stderr
+
+
+async def test_client_certificates_are_identities_under_mutual_tls(tmp_path: Path) -> None:
+    """cert:IDENTITY lines let in a caller by its verified certificate, with that line's scopes; a
+    certificate not listed is UNAUTHENTICATED, and a token, when sent, is what counts."""
+    pki = Pki(tmp_path / "pki")
+    path = tokens_file(tmp_path / "tokens", ("detector",), extra="cert:vms-7 events vms\n")
+    listed, unlisted = (ClientTls(*(str(f) for f in pki.caller(name).values())) for name in ("vms-7", "other"))
+    source = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 24)))
+    async with scripted_stack(data_dir=str(tmp_path / "data"), auth_tokens_file=str(path),
+                              **pki.server("orchestrator")) as stack:
+        async def code(tls: ClientTls, token: str, call: str) -> grpc.StatusCode:
+            return await code_of(stack.address, token, call, source, tls)
+
+        assert await code(listed, "", "events") == grpc.StatusCode.OK
+        assert await code(listed, "", "detect") == grpc.StatusCode.PERMISSION_DENIED
+        assert await code(unlisted, "", "events") == grpc.StatusCode.UNAUTHENTICATED
+        assert await code(unlisted, TOKENS["detector"], "detect") == grpc.StatusCode.OK
+        assert await code(listed, TOKENS["detector"], "events") == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_each_caller_has_its_own_budget_of_monitors_and_jobs(tmp_path: Path) -> None:
+    path = tokens_file(tmp_path / "tokens", ("operator", "admin"))
+    folder = frame_folder(tmp_path, 24)
+    source = orchestrator_pb2.VideoSource(frame_folder=str(folder))
+    async with scripted_stack(data_dir=str(tmp_path / "data"), auth_tokens_file=str(path), max_monitors_per_token=1,
+                              max_jobs_per_token=1) as stack:
+        stack.lvlm.hold_after = 0  # jobs stay running until released
+        try:
+            for name in ("operator", "admin"):
+                async with open_channel(stack.address, token=TOKENS[name]) as channel:
+                    monitors: Any = monitors_pb2_grpc.MonitorsStub(channel)
+                    jobs: Any = jobs_pb2_grpc.JobsStub(channel)
+                    spec = monitors_pb2.MonitorSpec(source=source, texts=["bicycle"])
+                    first = await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=spec))
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=spec))
+                    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert refused.value.details() == (f"{name!r} has 1 monitors, the most --max-monitors-per-token "
+                                                       "allows; delete one first")
+                    job = await jobs.SubmitJob(jobs_pb2.SubmitJobRequest(source=source, texts=["bicycle"]))
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await jobs.SubmitJob(jobs_pb2.SubmitJobRequest(source=source, texts=["bicycle"]))
+                    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "1 queued or running jobs, the most --max-jobs-per-token allows" in (
+                        refused.value.details() or "")
+                    # Freed places are given again.
+                    await monitors.DeleteMonitor(monitors_pb2.GetMonitorRequest(monitor_id=first.monitor_id))
+                    await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=spec))
+                    await jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id))
+                    await jobs.SubmitJob(jobs_pb2.SubmitJobRequest(source=source, texts=["bicycle"]))
+        finally:
+            stack.lvlm.release()

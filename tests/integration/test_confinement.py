@@ -44,7 +44,7 @@ async def test_a_networked_orchestrator_reads_its_data_dir_and_no_local_streams(
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
         error = await refused(stack.address, orchestrator_pb2.VideoSource(uri=CAMERA))
-        assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "--stream-hosts" in (error.details() or "")
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "--allow-hosts" in (error.details() or "")
         async with open_channel(stack.address) as channel:
             monitors: Any = monitors_pb2_grpc.MonitorsStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -55,7 +55,7 @@ async def test_a_networked_orchestrator_reads_its_data_dir_and_no_local_streams(
 
 
 async def test_a_listed_stream_host_is_read_and_its_password_never_shown(tmp_path: Path) -> None:
-    async with scripted_stack(host="0.0.0.0", data_dir=str(tmp_path / "data"), stream_hosts="127.0.0.1",
+    async with scripted_stack(host="0.0.0.0", data_dir=str(tmp_path / "data"), allow_hosts="127.0.0.1",
                               stream_timeout_seconds=2.0, reconnect_min_seconds=0.05) as stack:
         error = await refused(stack.address, orchestrator_pb2.VideoSource(uri=CAMERA))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # allowed, tried, and nothing answers

@@ -128,9 +128,10 @@ async def test_monitors_and_dead_letters_round_trip(store: Store) -> None:
     spec = monitors_pb2.MonitorSpec(name="gate", texts=["bicycle"], source=orchestrator_pb2.VideoSource(
         uri="rtsp://camera/1"))
     await store.save_monitor("m1", spec, False, 5)
-    await store.save_monitor("m1", spec, True, 5)  # saved again: replaced, not doubled
-    [(monitor_id, loaded, paused, created, _)] = await store.monitors()
-    assert (monitor_id, loaded, paused, created) == ("m1", spec, True, 5)
+    await store.save_monitor("m1", spec, True, 5, "vms")  # saved again: replaced, not doubled
+    [stored] = await store.monitors()
+    assert (stored.monitor_id, stored.spec, stored.paused, stored.created_ms, stored.owner) == (
+        "m1", spec, True, 5, "vms")
     await store.delete_monitor("m1")
     assert await store.monitors() == []
     await store.add_dead_letter(events_pb2.Event(event_id="e"), "webhook http://x", 5, "HTTP 500")

@@ -46,7 +46,7 @@ def client(pki: Pki, name: str = "") -> ClientTls:
     if not name:
         return ClientTls(str(pki.ca_file))
     files = pki.caller(name)
-    return ClientTls(str(files["tls_ca_file"]), str(files["tls_client_cert_file"]), str(files["tls_client_key_file"]))
+    return ClientTls(str(files["tls_ca"]), str(files["tls_client_cert"]), str(files["tls_client_key"]))
 
 
 async def model_name(address: str, tls: ClientTls | None) -> str:
@@ -86,7 +86,7 @@ async def test_a_detection_runs_over_mutual_tls_and_callers_without_a_certificat
         assert await model_name(clip.address, client(pki, "test-caller"))
         stranger = Pki(tmp_path / "stranger")  # a client certificate from another CA
         theirs = stranger.caller("stranger")
-        strangers = ClientTls(str(pki.ca_file), str(theirs["tls_client_cert_file"]), str(theirs["tls_client_key_file"]))
+        strangers = ClientTls(str(pki.ca_file), str(theirs["tls_client_cert"]), str(theirs["tls_client_key"]))
         for refused in (None, client(pki), strangers):  # plaintext; no client certificate; the wrong CA's
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await model_name(clip.address, refused)
@@ -136,15 +136,15 @@ async def test_renewed_certificates_are_used_without_a_restart(tmp_path: Path,
         return paths
 
     paths = install("old")
-    clip_files = {k: paths[k] for k in ("tls_cert_file", "tls_key_file")}
-    settings = clip_settings(**clip_files, tls_client_ca_file=paths["tls_ca_file"])
+    clip_files = {k: paths[k] for k in ("tls_cert", "tls_key")}
+    settings = clip_settings(**clip_files, tls_client_ca=paths["tls_ca"])
     clip, _ = await start_clip(settings)
     context = await start_context(clip.address, **{k: paths[k] for k in (
-        "tls_ca_file", "tls_client_cert_file", "tls_client_key_file")})
+        "tls_ca", "tls_client_cert", "tls_client_key")})
     port = clip.port
     try:
-        caller = ClientTls(str(paths["tls_ca_file"]), str(paths["tls_client_cert_file"]),
-                           str(paths["tls_client_key_file"]))
+        caller = ClientTls(str(paths["tls_ca"]), str(paths["tls_client_cert"]),
+                           str(paths["tls_client_key"]))
         assert await model_name(clip.address, caller)
         await _context_embeds(context.address)
 
@@ -152,9 +152,9 @@ async def test_renewed_certificates_are_used_without_a_restart(tmp_path: Path,
         assert await model_name(clip.address, caller)  # the same paths, the new CA and certificate
         old_files = files["old"]
         with pytest.raises(grpc.aio.AioRpcError):  # the server no longer accepts the old CA's client certificate
-            await model_name(clip.address, ClientTls(str(files["new"]["tls_ca_file"]),
-                                                     str(old_files["tls_client_cert_file"]),
-                                                     str(old_files["tls_client_key_file"])))
+            await model_name(clip.address, ClientTls(str(files["new"]["tls_ca"]),
+                                                     str(old_files["tls_client_cert"]),
+                                                     str(old_files["tls_client_key"])))
         # The server restarts on its port, so context_service must connect anew: with the new files.
         await clip.shutdown(0.5)
         settings.port = port
@@ -185,9 +185,9 @@ def free_port() -> int:
 def test_tls_settings_that_cannot_work_stop_start_up_with_what_to_fix(tmp_path: Path) -> None:
     authority = Authority.create("ca")
     cert, key = authority.issue(tmp_path, "clip")
-    with pytest.raises(StartupError, match="both --tls-cert-file and --tls-key-file"):
+    with pytest.raises(StartupError, match="both --tls-cert and --tls-key"):
         ServerTls.from_settings(str(cert), "", "")
-    with pytest.raises(StartupError, match="needs --tls-ca-file too"):
+    with pytest.raises(StartupError, match="needs --tls-ca too"):
         ClientTls.from_settings("", str(cert), str(key))
     with pytest.raises(StartupError, match=r"cannot read the TLS CA .*missing\.pem"):
         ClientTls(str(tmp_path / "missing.pem")).credentials()

@@ -12,9 +12,9 @@ from services.common.errors import InvalidInput, PermissionDenied
 from services.orchestrator.confinement import SourcePolicy, redact
 
 
-def policy(tmp_path: Path, media_roots: str = "", stream_hosts: str = "", host: str = "0.0.0.0",
+def policy(tmp_path: Path, media_roots: str = "", allow_hosts: str = "", host: str = "0.0.0.0",
            data_dir: str = "") -> SourcePolicy:
-    return SourcePolicy.from_settings(media_roots, stream_hosts, host, data_dir)
+    return SourcePolicy.from_settings(media_roots, allow_hosts, host, data_dir)
 
 
 def test_files_only_under_the_roots_and_never_through_a_way_out(tmp_path: Path) -> None:
@@ -54,10 +54,10 @@ def test_without_roots_a_networked_orchestrator_reads_only_its_data_dir(tmp_path
                                  "rtsp://[::1]/cam", "http://0.0.0.0:80/x", "rtsp://localhost/cam",
                                  "rtsp://[::ffff:127.0.0.1]/cam", "rtsp://224.0.0.1/cam"])
 def test_local_and_metadata_hosts_are_refused_from_the_network(tmp_path: Path, uri: str) -> None:
-    with pytest.raises(PermissionDenied, match="list it in --stream-hosts"):
+    with pytest.raises(PermissionDenied, match="list it in --allow-hosts"):
         policy(tmp_path).check_stream(uri)
     policy(tmp_path, host="127.0.0.1").check_stream(uri)  # a loopback-bound orchestrator's own machine
-    policy(tmp_path, stream_hosts="127.0.0.0/8,::1,169.254.0.0/16,0.0.0.0,localhost,::ffff:127.0.0.1,"
+    policy(tmp_path, allow_hosts="127.0.0.0/8,::1,169.254.0.0/16,0.0.0.0,localhost,::ffff:127.0.0.1,"
                                   "224.0.0.0/4").check_stream(uri)  # listed explicitly
 
 
@@ -66,7 +66,7 @@ def test_the_stream_allowlist_takes_names_wildcards_and_ranges(tmp_path: Path,
     names = {"cam1.site": "10.1.0.7", "door.cams.example": "10.1.0.8", "evil.cams.example": "169.254.169.254"}
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host], 0))])  # this site's DNS
-    allowed = policy(tmp_path, stream_hosts="cam1.site, *.cams.example, 10.1.0.0/16")
+    allowed = policy(tmp_path, allow_hosts="cam1.site, *.cams.example, 10.1.0.0/16")
     for uri in ("rtsp://cam1.site/live", "rtsp://user:pw@door.cams.example:554/1", "rtsp://10.1.2.3/x"):
         allowed.check_stream(uri)
     for uri in ("rtsp://cam2.site/live", "rtsp://10.2.0.1/x", "rtsp://cams.example/x"):

@@ -157,7 +157,7 @@ def test_every_service_is_deployed_probed_and_reachable(rendered: tuple[str, lis
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
         settings = env(container)
         # The native gRPC probe, on the service's port, or on its plaintext health port under TLS.
-        probed = int(settings[f"{PREFIX[name]}_HEALTH_PORT"]) if f"{PREFIX[name]}_TLS_CERT_FILE" in settings else port
+        probed = int(settings[f"{PREFIX[name]}_HEALTH_PORT"]) if f"{PREFIX[name]}_TLS_CERT" in settings else port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == probed, (name, probe)
         for other in deployments[name]["spec"]["template"]["spec"]["containers"]:  # vLLM's HTTP probes
@@ -301,17 +301,17 @@ def test_production_speaks_mutual_tls_between_services(rendered: tuple[str, list
         settings, prefix = env(pod["containers"][0]), PREFIX[name]
         mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
         secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-        folder = str(Path(settings[f"{prefix}_TLS_CERT_FILE"]).parent)
+        folder = str(Path(settings[f"{prefix}_TLS_CERT"]).parent)
         certificate = certificates[secrets[mounts[folder]]]  # the mounted Secret is a Certificate's
         assert name in certificate["spec"]["dnsNames"]  # callers check the Service's short name
         assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"])
-        assert settings[f"{prefix}_TLS_KEY_FILE"].startswith(folder)
+        assert settings[f"{prefix}_TLS_KEY"].startswith(folder)
         # Only the orchestrator's clients go without a certificate; the services require one.
-        assert (f"{prefix}_TLS_CLIENT_CA_FILE" in settings) is (name != "orchestrator")
+        assert (f"{prefix}_TLS_CLIENT_CA" in settings) is (name != "orchestrator")
         if name in DISCOVERING:  # callers trust the CA and present their certificate
-            assert settings[f"{prefix}_TLS_CA_FILE"] == settings.get(f"{prefix}_TLS_CLIENT_CA_FILE",
+            assert settings[f"{prefix}_TLS_CA"] == settings.get(f"{prefix}_TLS_CLIENT_CA",
                                                                      f"{folder}/ca.crt")
-            assert settings[f"{prefix}_TLS_CLIENT_CERT_FILE"] == settings[f"{prefix}_TLS_CERT_FILE"]
+            assert settings[f"{prefix}_TLS_CLIENT_CERT"] == settings[f"{prefix}_TLS_CERT"]
     issuers = {c["spec"]["issuerRef"]["name"] for c in certificates.values()}
     assert issuers <= set(of_kind(resources, "Issuer"))
 
@@ -321,9 +321,9 @@ def test_production_asks_for_tokens_from_a_mounted_secret(rendered: tuple[str, l
     pod = of_kind(resources, "Deployment")["orchestrator"]["spec"]["template"]["spec"]
     settings = env(pod["containers"][0])
     if overlay != "prod-gpu":
-        assert "ANYANOMALY_ORCHESTRATOR_TOKENS_FILE" not in settings
+        assert "ANYANOMALY_ORCHESTRATOR_AUTH_TOKENS_FILE" not in settings
         return
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
-    path = Path(settings["ANYANOMALY_ORCHESTRATOR_TOKENS_FILE"])
+    path = Path(settings["ANYANOMALY_ORCHESTRATOR_AUTH_TOKENS_FILE"])
     volume = next(v for v in pod["volumes"] if v["name"] == mounts[str(path.parent)])
     assert volume["secret"]["secretName"] == "anyanomaly-tokens" and path.name == "tokens"

@@ -24,9 +24,11 @@ from services.common.errors import (
     InvalidInput,
     NotFound,
     NotReady,
+    Overloaded,
     ServiceError,
     echo,
 )
+from services.common.interceptors import current_caller
 from services.common.server import RpcContext
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.live.access import LiveAccess
@@ -77,6 +79,7 @@ class JobRunner:
         self._slots = asyncio.Semaphore(settings.max_running_jobs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
+        self._admitting = asyncio.Lock()  # a caller's count and its new job: one submission at a time
 
     async def resume(self) -> None:
         """Start the jobs a previous process left unfinished, oldest first."""
@@ -85,10 +88,17 @@ class JobRunner:
 
     async def submit(self, request: jobs_pb2.SubmitJobRequest) -> jobs_pb2.Job:
         check_request(request, self._settings)
-        created = now_ms()
-        job = jobs_pb2.Job(job_id=uuid.uuid4().hex, name=request.name, state=jobs_pb2.JOB_STATE_QUEUED,
-                           source=request.source, texts=request.texts, created_ms=created, updated_ms=created)
-        await self._store.add_job(job, request)
+        owner = current_caller()
+        async with self._admitting:
+            unfinished = await self._store.unfinished_jobs(owner)
+            if unfinished >= self._settings.max_jobs_per_token:
+                who = f"{owner!r} has" if owner else "callers have"
+                raise Overloaded(f"{who} {unfinished} queued or running jobs, the most --max-jobs-per-token "
+                                        "allows; wait for one to finish or cancel one")
+            created = now_ms()
+            job = jobs_pb2.Job(job_id=uuid.uuid4().hex, name=request.name, state=jobs_pb2.JOB_STATE_QUEUED,
+                               source=request.source, texts=request.texts, created_ms=created, updated_ms=created)
+            await self._store.add_job(job, request, owner)
         self._start(job.job_id, resumed=False)
         return job
 

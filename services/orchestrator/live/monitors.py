@@ -20,7 +20,8 @@ from pathlib import Path
 
 from anyanomaly.v1 import events_pb2, monitors_pb2, monitors_pb2_grpc
 
-from services.common.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError, echo
+from services.common.errors import DependencyUnavailable, InvalidInput, NotFound, Overloaded, ServiceError, echo
+from services.common.interceptors import current_caller
 from services.common.server import RpcContext
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.confinement import redact
@@ -61,10 +62,11 @@ def public_spec(spec: monitors_pb2.MonitorSpec) -> monitors_pb2.MonitorSpec:
 
 class MonitorRunner:
     def __init__(self, monitor_id: str, spec: monitors_pb2.MonitorSpec, paused: bool, created_ms: int,
-                 updated_ms: int, services: MonitorRunners) -> None:
+                 updated_ms: int, services: MonitorRunners, owner: str = "") -> None:
         self.monitor_id = monitor_id
         self.spec = spec
         self.paused = paused
+        self.owner = owner
         self.created_ms, self.updated_ms = created_ms, updated_ms
         self._services = services
         self._feed: LiveFeed | None = None
@@ -262,11 +264,13 @@ class MonitorRunners:
 
     async def resume(self) -> None:
         """Start the stored monitors; events a crash left open close first."""
-        for monitor_id, spec, paused, created, updated in await self.store.monitors():
+        for stored in await self.store.monitors():
+            monitor_id = stored.monitor_id
             unclosed = await self.store.unclosed_events(monitor_id)
             if unclosed:
                 await self.store.add_events([closed_after_restart(event) for event in unclosed])
-            runner = MonitorRunner(monitor_id, spec, paused, created, updated, self)
+            runner = MonitorRunner(monitor_id, stored.spec, stored.paused, stored.created_ms, stored.updated_ms, self,
+                                   stored.owner)
             self._runners[monitor_id] = runner
             try:
                 await runner.start()
@@ -327,10 +331,16 @@ class MonitorRunners:
                                                         source_policy(self.settings)).close())
             LOG.info("monitor source %s checked", location)
         async with self._lock:
+            owner = current_caller()
+            owned = sum(runner.owner == owner for runner in self._runners.values())
+            if owned >= self.settings.max_monitors_per_token:
+                who = f"{owner!r} has" if owner else "callers have"
+                raise Overloaded(f"{who} {owned} monitors, the most --max-monitors-per-token allows; "
+                                        "delete one first")
             monitor_id = uuid.uuid4().hex
             created = now_ms()
-            await self.store.save_monitor(monitor_id, spec, False, created)
-            runner = MonitorRunner(monitor_id, spec, False, created, created, self)
+            await self.store.save_monitor(monitor_id, spec, False, created, owner)
+            runner = MonitorRunner(monitor_id, spec, False, created, created, self, owner)
             self._runners[monitor_id] = runner
             await runner.start()
             return runner.snapshot()
@@ -345,7 +355,7 @@ class MonitorRunners:
                 raise InvalidInput("a monitor's source cannot change; create a new monitor for another source")
             self.check(spec)
             merged = _keep_secrets(spec, runner.spec)
-            await self.store.save_monitor(monitor_id, merged, runner.paused, runner.created_ms)
+            await self.store.save_monitor(monitor_id, merged, runner.paused, runner.created_ms, runner.owner)
             runner.updated_ms = now_ms()
             await runner.reconfigure(merged)
             return runner.snapshot()
@@ -354,7 +364,7 @@ class MonitorRunners:
         async with self._lock:
             runner = self.get(monitor_id)
             if runner.paused != paused:
-                await self.store.save_monitor(monitor_id, runner.spec, paused, runner.created_ms)
+                await self.store.save_monitor(monitor_id, runner.spec, paused, runner.created_ms, runner.owner)
                 runner.updated_ms = now_ms()
                 runner.paused = paused
                 if paused:

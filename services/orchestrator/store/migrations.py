@@ -42,6 +42,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (2, "delivery cursors: where each delivery target of a monitor has got to in the event log", [
         "CREATE TABLE delivery_cursors (target_key TEXT PRIMARY KEY, cursor BIGINT NOT NULL)",
     ]),
+    (3, "owners: the caller (token or certificate name) that made each job and monitor, for per-caller limits", [
+        "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX jobs_by_owner ON jobs (owner, state)",
+        "ALTER TABLE monitors ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+    ]),
 ]
 
 

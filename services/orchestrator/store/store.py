@@ -54,6 +54,16 @@ class EvidenceRecord:
     end_seconds: float
 
 
+@dataclass(frozen=True)
+class StoredMonitor:
+    monitor_id: str
+    spec: monitors_pb2.MonitorSpec  # with its secrets
+    paused: bool
+    created_ms: int
+    updated_ms: int
+    owner: str  # the caller that created it ("" where no credentials are asked)
+
+
 _EVENT_COLUMNS = ("SELECT events.cursor, events.body, evidence.evidence_id IS NOT NULL FROM events "
                   "LEFT JOIN evidence ON evidence.evidence_id = events.evidence_id")
 
@@ -94,10 +104,20 @@ class Store:
 
     # Jobs -------------------------------------------------------------------------------------
 
-    async def add_job(self, job: jobs_pb2.Job, request: jobs_pb2.SubmitJobRequest) -> None:
+    async def add_job(self, job: jobs_pb2.Job, request: jobs_pb2.SubmitJobRequest, owner: str = "") -> None:
         await self.database.run(lambda t: t.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, NULL, NULL, 0, 0, 0, 0, ?, ?)",
-            (job.job_id, job.name, job.state, "", request.SerializeToString(), job.created_ms, job.updated_ms)))
+            "INSERT INTO jobs (job_id, name, state, error, request, started, summary, segments_done, num_frames, "
+            "segment_length, restarts, created_ms, updated_ms, owner) "
+            "VALUES (?, ?, ?, ?, ?, NULL, NULL, 0, 0, 0, 0, ?, ?, ?)",
+            (job.job_id, job.name, job.state, "", request.SerializeToString(), job.created_ms, job.updated_ms,
+             owner)))
+
+    async def unfinished_jobs(self, owner: str) -> int:
+        """How many of `owner`'s jobs are queued or running."""
+        row = await self.database.run(lambda t: t.one(
+            f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ({jobs_pb2.JOB_STATE_QUEUED}, "
+            f"{jobs_pb2.JOB_STATE_RUNNING})", (owner,)))
+        return int(row[0]) if row else 0
 
     async def get_job(self, job_id: str) -> jobs_pb2.Job | None:
         row = await self.database.run(lambda t: t.one(f"{_JOB_COLUMNS} WHERE job_id = ?", (job_id,)))
@@ -166,18 +186,21 @@ class Store:
     # Monitors ---------------------------------------------------------------------------------
 
     async def save_monitor(self, monitor_id: str, spec: monitors_pb2.MonitorSpec, paused: bool,
-                           created_ms: int) -> None:
+                           created_ms: int, owner: str = "") -> None:
         def work(t: Transaction) -> None:
             t.execute("DELETE FROM monitors WHERE monitor_id = ?", (monitor_id,))
-            t.execute("INSERT INTO monitors VALUES (?, ?, ?, ?, ?)",
-                      (monitor_id, spec.SerializeToString(), int(paused), created_ms, now_ms()))
+            t.execute("INSERT INTO monitors (monitor_id, spec, paused, created_ms, updated_ms, owner) "
+                      "VALUES (?, ?, ?, ?, ?, ?)",
+                      (monitor_id, spec.SerializeToString(), int(paused), created_ms, now_ms(), owner))
         await self.database.run(work)
 
-    async def monitors(self) -> list[tuple[str, monitors_pb2.MonitorSpec, bool, int, int]]:
-        """Every monitor: (id, spec with secrets, paused, created_ms, updated_ms), oldest first."""
+    async def monitors(self) -> list[StoredMonitor]:
+        """Every monitor (spec with secrets), oldest first."""
         rows = await self.database.run(lambda t: t.all(
-            "SELECT monitor_id, spec, paused, created_ms, updated_ms FROM monitors ORDER BY created_ms, monitor_id"))
-        return [(r[0], monitors_pb2.MonitorSpec.FromString(bytes(r[1])), bool(r[2]), r[3], r[4]) for r in rows]
+            "SELECT monitor_id, spec, paused, created_ms, updated_ms, owner FROM monitors "
+            "ORDER BY created_ms, monitor_id"))
+        return [StoredMonitor(r[0], monitors_pb2.MonitorSpec.FromString(bytes(r[1])), bool(r[2]), r[3], r[4], r[5])
+                for r in rows]
 
     async def delete_monitor(self, monitor_id: str) -> None:
         await self.database.run(lambda t: t.execute("DELETE FROM monitors WHERE monitor_id = ?", (monitor_id,)))
