@@ -40,6 +40,7 @@ class SourceInfo:
     num_frames: int  # 0 when unknown in advance
 
 
+MAX_FRAME_FILE_BYTES = 64 << 20  # one picture of a frame folder (a 4K PNG is about 25 MB)
 DEFAULT_FPS = 25.0  # media time of frames whose source has no frame rate (frame folders)
 
 
@@ -84,6 +85,11 @@ class VideoSource:
                                "(unsupported or corrupt file)")
         self._encoding = encoding
         self._read = 0
+        width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if encoding.max_pixels and width * height > encoding.max_pixels:  # as declared, before decoding
+            self._capture.release()
+            raise FrameTooLarge(too_large(location, width, height, encoding.max_pixels))
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.info = SourceInfo("file", location, fps if np.isfinite(fps) else 0.0, max(count, 0))
@@ -132,6 +138,10 @@ class StreamSource:
             self._container.close()
             raise InvalidInput(f"{echo(redact(uri), 200)} has no video stream")
         stream = self._container.streams.video[0]
+        width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+        if encoding.max_pixels and width * height > encoding.max_pixels:  # as declared, before decoding
+            self._container.close()
+            raise FrameTooLarge(too_large(redact(uri), width, height, encoding.max_pixels))
         self._frames = self._container.decode(stream)
         self._encoding = encoding
         self._read = 0
@@ -168,11 +178,14 @@ class FrameTooLarge(InvalidInput):
     """A source's frames are above the size limit: reading it again will not help."""
 
 
+def too_large(location: str, width: int, height: int, max_pixels: int) -> str:
+    return f"{echo(location, 200)}: frames are {width}x{height}, above the limit of {max_pixels} pixels"
+
+
 def check_frame_size(rgb: np.ndarray, location: str, max_pixels: int) -> None:
     height, width = rgb.shape[:2]
     if max_pixels and height * width > max_pixels:
-        raise FrameTooLarge(f"{echo(location, 200)}: frames are {width}x{height}, above the limit of {max_pixels} "
-                            "pixels")
+        raise FrameTooLarge(too_large(location, width, height, max_pixels))
 
 
 class FolderSource:
@@ -190,7 +203,11 @@ class FolderSource:
     def read(self, count: int) -> list[Frame]:
         frames: list[Frame] = []
         for path in self._files[self._next : self._next + count]:
-            data = self._policy.check_member(path).read_bytes()  # a link out of the media roots is refused
+            member = self._policy.check_member(path)  # a link out of the media roots is refused
+            if member.stat().st_size > MAX_FRAME_FILE_BYTES:  # read whole below: not a 10 GB "picture"
+                raise InvalidInput(f"{path}: {member.stat().st_size} bytes, more than a frame may have "
+                                   f"({MAX_FRAME_FILE_BYTES >> 20} MiB)")
+            data = member.read_bytes()
             if image_format(data) == "unknown":  # e.g. BMP: decode once, send as PNG
                 rgb = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 if rgb is None:

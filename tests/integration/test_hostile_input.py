@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import struct
 import threading
-import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -34,19 +32,9 @@ from services.common.images import encode_jpeg, encode_png
 from services.common.server import RunningServer
 from tests.conftest import Scripted
 from tests.helpers.detect import detect, frame_folder, split
+from tests.helpers.hostile_images import png_of_size
 from tests.helpers.lvlm import segment_items
 from tests.helpers.stack import lvlm_settings, start_lvlm, start_stack
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def png_of_size(width: int, height: int, rows: bytes | None = None) -> bytes:
-    """A PNG whose header says width x height (its pixel data as given, or mid grey)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    data = rows if rows is not None else b"".join(b"\x00" + b"\x80" * (3 * width) for _ in range(height))
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(data)) + _chunk(b"IEND", b"")
 
 
 def undecodable_images() -> dict[str, bytes]:
