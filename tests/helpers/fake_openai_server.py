@@ -3,7 +3,7 @@ protocol like `vllm serve` does, for testing the lvlm_service `openai` backend o
 machine without a GPU. It records every request and checks it against the request
 fields of the vLLM version we target (vllm_chat_protocol.json, exported from vLLM 0.33
 by scripts/export_vllm_protocol.py); each test scripts the answers (text, JSON, log-probs,
-malformed bodies, refusals, cut answers, 429s and other errors, delays)."""
+malformed bodies, refusals, cut answers, 429s and other errors, delays, hang-ups)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class Reply:
     # (chosen token, [(candidate, logprob), ...]) per answer token, sent when logprobs are asked for
     logprobs: list[tuple[str, list[tuple[str, float]]]] | None = None
     retry_after: str | None = None
+    close: bool = False  # hang up without an answer (a crashed engine, a proxy's idle cut)
     prompt_tokens: int = 100
     completion_tokens: int | None = None  # None: one per log-prob entry, else ~4 characters per token
 
@@ -121,6 +122,9 @@ class FakeOpenAIServer:
                     reply = server.answer(body)
                     if reply.hold is not None:
                         reply.hold.wait(timeout=30)
+                    if reply.close:
+                        self.close_connection = True
+                        return
                     self._send(reply)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
+import math
 import random
 import ssl
 import time
@@ -27,6 +29,25 @@ from services.common.images import image_format
 from services.lvlm_service.backends.base import BackendInfo, Completion, Prompt
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_SECONDS = 30.0  # a longer wait is the caller's deadline's business, not a retry
+
+
+def retry_after(value: str) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds or an HTTP date; None if neither."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 STRUCTURED_FIELDS = ("vllm", "openai", "none")
 
 
@@ -163,12 +184,9 @@ class OpenAIBackend:
             self.pending -= len(prompts)
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        if retry_after:
-            try:
-                return min(30.0, float(retry_after))
-            except ValueError:
-                pass
+        asked = retry_after(response.headers.get("retry-after", "")) if response is not None else None
+        if asked is not None:
+            return min(MAX_RETRY_AFTER_SECONDS, asked)
         return min(8.0, self._backoff * 2**attempt) * (0.5 + random.random() / 2)
 
     async def _one(self, prompt: Prompt) -> Completion:
