@@ -23,6 +23,7 @@ from anyanomaly.v1 import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,
 )
+from prometheus_client import Counter, Gauge
 
 from services.common.auth import TokenFile
 from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError, echo
@@ -51,6 +52,8 @@ SERVICE_NAMES = [SERVICE_NAME, jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full
                  monitors_pb2.DESCRIPTOR.services_by_name["Monitors"].full_name,
                  events_pb2.DESCRIPTOR.services_by_name["Events"].full_name]
 MAX_STREAM_FPS = 240.0
+DETECTIONS_RUNNING = Gauge("anyanomaly_detections_running", "Detect and DetectStream calls running")
+DETECTIONS_REFUSED = Counter("anyanomaly_detections_refused_total", "detections refused at --max-detections")
 
 
 class Admission:
@@ -64,13 +67,16 @@ class Admission:
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         if self.running >= self.limit:
+            DETECTIONS_REFUSED.inc()
             raise Overloaded(f"{self.running} detections are running, the most this orchestrator takes "
                              f"(--max-detections); retry later, or add orchestrator replicas and LVLM capacity")
         self.running += 1
+        DETECTIONS_RUNNING.inc()
         try:
             yield
         finally:
             self.running -= 1
+            DETECTIONS_RUNNING.dec()
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):

@@ -15,11 +15,11 @@ def ped2_frames(name: str = "04") -> Path:
     return fixtures_root() / "ucsd_ped2" / "testing" / "frames" / name
 
 
-def frame_folder(tmp_path: Path, count: int, name: str = "frames") -> Path:
-    """The first `count` Ped2 test-04 frames in a folder of their own (same file names)."""
+def frame_folder(tmp_path: Path, count: int, name: str = "frames", start: int = 0) -> Path:
+    """`count` Ped2 test-04 frames from the `start`-th in a folder of their own (same file names)."""
     folder = tmp_path / name
     folder.mkdir()
-    for source in sorted(ped2_frames().glob("*.jpg"))[:count]:
+    for source in sorted(ped2_frames().glob("*.jpg"))[start:start + count]:
         shutil.copy(source, folder / source.name)
     return folder
 
