@@ -112,6 +112,11 @@ class _Call:
         if isinstance(request, Malformed):
             raise InvalidInput(request.message)
 
+    def recheck(self) -> None:
+        """Authorize again (the credentials may have been revoked since the call began)."""
+        if self.authorize is not None:
+            self.authorize(self.method, self.context)
+
     async def fail(self, exc: BaseException) -> None:
         """Abort the RPC with the status that `exc` maps to (always raises)."""
         trailer = [(REQUEST_ID_HEADER, self.request_id)]
@@ -216,6 +221,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             try:
                 call.begin(None if streaming_in else request)
                 async for response in behavior(_checked(request) if streaming_in else request, context):
+                    call.recheck()  # a token revoked while its stream runs ends the stream here
                     yield response
             except (grpc.aio.AbortError, GeneratorExit):
                 raise

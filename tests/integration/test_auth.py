@@ -205,3 +205,25 @@ async def test_each_caller_has_its_own_budget_of_monitors_and_jobs(tmp_path: Pat
                     await jobs.SubmitJob(jobs_pb2.SubmitJobRequest(source=source, texts=["bicycle"]))
         finally:
             stack.lvlm.release()
+
+
+async def test_a_token_revoked_mid_stream_ends_its_stream_at_the_next_message(tmp_path: Path) -> None:
+    path = tokens_file(tmp_path / "tokens", ("detector", "admin"))
+    source = orchestrator_pb2.VideoSource(frame_folder=str(frame_folder(tmp_path, 24 * 3)))
+    async with scripted_stack(auth_tokens_file=str(path), max_segments_in_flight=1) as stack:
+        stack.lvlm.hold_after = 3  # one text: the first segment is scored, then the engine waits
+        try:
+            async with open_channel(stack.address, token=TOKENS["detector"]) as channel:
+                updates = orchestrator_pb2_grpc.OrchestratorStub(channel).Detect(
+                    orchestrator_pb2.DetectRequest(source=source, texts=["bicycle"]))
+                received = []
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    async for update in updates:
+                        received.append(update.WhichOneof("update"))
+                        if received.count("segment") == 1:
+                            tokens_file(path, ("admin",))  # the detector's token is revoked
+                            stack.lvlm.release()
+            assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert received == ["started", "segment"]
+        finally:
+            stack.lvlm.release()
