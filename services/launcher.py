@@ -30,6 +30,7 @@ from typing import IO, Any
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.clients import open_channel
+from services.common.config import environment
 
 START_TIMEOUT_SECONDS = 600.0  # the default models may be loaded from a cold disk
 PORT_FILE_POLL_SECONDS = 0.05
@@ -210,7 +211,8 @@ class EmbeddedStack:
                  lvlm.address, *data_dir, *options.orchestrator_args],
                 port=options.orchestrator_port, host=options.host,
                 # a TLS port needs the caller's CA; the launcher watches readiness on a plaintext one
-                health_port=free_port() if "--tls-cert" in options.orchestrator_args else 0,
+                # (health only: SERVING or NOT_SERVING)
+                health_port=free_port(options.host) if serves_tls(options.orchestrator_args) else 0,
             )
             await orchestrator.listening()
             await asyncio.gather(*(self._until_serving(s) for s in self.services.values()))
@@ -239,9 +241,16 @@ class EmbeddedStack:
             self._ports.rmdir()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+def serves_tls(orchestrator_args: Sequence[str]) -> bool:
+    return "--tls-cert" in orchestrator_args or bool(environment("ANYANOMALY_ORCHESTRATOR_TLS_CERT"))
+
+
+def free_port(host: str) -> int:
+    """A port free on `host` now (another process may take it before the service binds it; the
+    service then fails to start, with a message that says so)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.bind((host.strip("[]"), 0))
         return int(probe.getsockname()[1])
 
 

@@ -10,18 +10,22 @@ presents, its scopes, and optionally a name for the access log and the per-token
 
 `sha256:HEX` is the SHA-256 of a bearer token, never the token itself (`anyanomaly token new`
 makes a token and its line). `cert:IDENTITY` lets in a caller whose client certificate, verified
-against `--tls-client-ca`, names IDENTITY as its common name or a subject alternative name.
+against `--tls-client-ca`, names IDENTITY as its common name or a subject alternative name
+(compared without regard to case). The name labels the caller in the access log and is what the
+per-caller limits count by; several lines may share one (a caller with several credentials,
+during a rotation). Without a name a line is labelled `token-` and the first 8 hex digits of its
+hash (which tell nothing about the token), or by its certificate identity.
 Scopes: `detect` (Detect, DetectStream), `events` (read events and evidence), `monitors` (manage
 and read monitors), `jobs` (submit, cancel and read jobs), `admin` (everything). Several lines
-may grant the same scopes, so a token is rotated by adding the new one, moving the clients over,
-then removing the old one; the file is re-read when it changes (a mounted Kubernetes Secret), and
-a file that goes away lets nobody in.
+may carry the same name and scopes, so a token is rotated by adding the new one, moving the
+clients over, then removing the old one; the file is re-read when it changes (a mounted
+Kubernetes Secret), and a file that goes away lets nobody in.
 
 A call carries `authorization: Bearer <token>`; without it the client certificate is looked up.
 Without a known credential a call is refused UNAUTHENTICATED, without the scope its method needs
 PERMISSION_DENIED. Health and reflection need none (probes, and the contract that ships with the
 client). Tokens are random and long, so one SHA-256 suffices; they are compared in constant time,
-and neither they nor their hashes are ever logged.
+and neither they nor their full hashes are ever logged.
 """
 
 from __future__ import annotations
@@ -88,7 +92,6 @@ def parse_grants(text: str, source: str) -> Grants:
     """The grants of an auth tokens file's text; ValueError naming the line that is wrong."""
     tokens: dict[str, Grant] = {}
     certificates: dict[str, Grant] = {}
-    names: set[str] = set()
     for number, line in enumerate(text.splitlines(), 1):
         words = line.split("#", 1)[0].split()
         if not words:
@@ -103,7 +106,7 @@ def parse_grants(text: str, source: str) -> Grants:
         if unknown:
             raise ValueError(f"{where}: unknown scope {sorted(unknown)[0]!r}; use {', '.join(SCOPES)}")
         if credential.startswith(CERT_PREFIX) and len(credential) > len(CERT_PREFIX):
-            identity = credential.removeprefix(CERT_PREFIX)
+            identity = credential.removeprefix(CERT_PREFIX).lower()  # DNS names are case-insensitive
             name = words[2] if len(words) == 3 else identity
             if identity in certificates:
                 raise ValueError(f"{where}: the certificate identity {identity!r} is listed twice")
@@ -118,16 +121,13 @@ def parse_grants(text: str, source: str) -> Grants:
             if credential in tokens:
                 raise ValueError(f"{where}: the same token as {tokens[credential].name!r}")
             tokens[credential] = Grant(name, scopes)
-        if name in names:
-            raise ValueError(f"{where}: the name {name!r} is used twice (names label callers in logs and limits)")
-        names.add(name)
     return Grants(tokens, certificates)
 
 
 def certificate_names(context: Any) -> list[str]:
     """The names (common name, subject alternative names) of the caller's verified certificate."""
     found = context.auth_context() or {}
-    return [value.decode(errors="replace") for key in _CERT_NAME_KEYS for value in found.get(key, ())]
+    return [value.decode(errors="replace").lower() for key in _CERT_NAME_KEYS for value in found.get(key, ())]
 
 
 class TokenFile:

@@ -159,6 +159,7 @@ def build_parser(
         "(upper case, '-' as '_'); flags override the environment.",
     )
     hints = typing.get_type_hints(cls, include_extras=False)
+    _refuse_unknown_variables(cls, env_prefix, env, parser)
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         env_name = _env_name(env_prefix, field.name)
         if field.metadata.get("secret"):
@@ -191,6 +192,20 @@ def build_parser(
                 choices=list(choices) if choices else None, help=help_text,
             )
     return parser
+
+
+def _refuse_unknown_variables(cls: type[T], env_prefix: str, env: Mapping[str, str],
+                              parser: argparse.ArgumentParser) -> None:
+    """A variable with this service's prefix that names no setting stops start-up: a misspelt or
+    renamed one would otherwise be ignored, and a security setting silently left off."""
+    known = set()
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = _env_name(env_prefix, field.name)
+        known |= {name, name + "_FILE"} if field.metadata.get("secret") else {name}
+    unknown = sorted(name for name in env if name.startswith(env_prefix + "_") and name not in known)
+    if unknown:
+        parser.error(f"environment variable {unknown[0]} is not a setting of this service (misspelt, or renamed: "
+                     "--help lists them all)")
 
 
 def load_settings(

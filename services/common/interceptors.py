@@ -82,10 +82,11 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _checked(requests: AsyncIterator[Any], call: _Call) -> AsyncIterator[Any]:
     async for request in requests:
         if isinstance(request, Malformed):
             raise InvalidInput(request.message)
+        call.recheck()  # credentials revoked while the client streams in end the call here
         yield request
 
 
@@ -196,7 +197,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             call = _Call(self._service, method, context, self._authorize)
             try:
                 call.begin(None if streaming_in else request)
-                return await behavior(_checked(request) if streaming_in else request, context)
+                return await behavior(_checked(request, call) if streaming_in else request, context)
             except (grpc.aio.AbortError, GeneratorExit):
                 raise
             except asyncio.CancelledError:
@@ -220,7 +221,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             call = _Call(self._service, method, context, self._authorize)
             try:
                 call.begin(None if streaming_in else request)
-                async for response in behavior(_checked(request) if streaming_in else request, context):
+                async for response in behavior(_checked(request, call) if streaming_in else request, context):
                     call.recheck()  # a token revoked while its stream runs ends the stream here
                     yield response
             except (grpc.aio.AbortError, GeneratorExit):

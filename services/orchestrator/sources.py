@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import os
 import re
 import stat
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -188,6 +190,24 @@ def check_frame_size(rgb: np.ndarray, location: str, max_pixels: int) -> None:
         raise FrameTooLarge(too_large(location, width, height, max_pixels))
 
 
+def read_frame_file(path: Path, shown: str) -> bytes:
+    """Up to one byte more than a frame may have; a FIFO or device (swapped in after the folder
+    was listed) is refused, not waited on."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise InvalidInput(f"{shown}: is not a regular file (a FIFO, socket or device)")
+        return file.read(MAX_FRAME_FILE_BYTES + 1)
+
+
+def bmp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a BMP header, or None when `data` is not a BMP."""
+    if len(data) < 26 or not data.startswith(b"BM"):
+        return None
+    width, height = struct.unpack("<ii", data[18:26])
+    return (abs(width), abs(height)) if width and height else None
+
+
 class FolderSource:
     def __init__(self, folder: Path, encoding: FrameEncoding, policy: SourcePolicy = ANY_SOURCE) -> None:
         self._policy = policy
@@ -203,22 +223,22 @@ class FolderSource:
     def read(self, count: int) -> list[Frame]:
         frames: list[Frame] = []
         for path in self._files[self._next : self._next + count]:
-            member = self._policy.check_member(path)  # a link out of the media roots is refused
-            if member.stat().st_size > MAX_FRAME_FILE_BYTES:  # read whole below: not a 10 GB "picture"
-                raise InvalidInput(f"{path}: {member.stat().st_size} bytes, more than a frame may have "
-                                   f"({MAX_FRAME_FILE_BYTES >> 20} MiB)")
-            data = member.read_bytes()
-            if image_format(data) == "unknown":  # e.g. BMP: decode once, send as PNG
-                rgb = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if rgb is None:
-                    raise InvalidInput(f"{path}: not a readable image")
-                data = encode_png(cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB))
-            size = header_size(data)
+            shown = echo(str(path), 200)
+            data = read_frame_file(self._policy.check_member(path), shown)  # a link out of the roots is refused
+            if len(data) > MAX_FRAME_FILE_BYTES:
+                raise InvalidInput(f"{shown}: more bytes than a frame may have ({MAX_FRAME_FILE_BYTES >> 20} MiB)")
+            bmp = image_format(data) == "unknown"
+            size = bmp_size(data) if bmp else header_size(data)
             if size is None:
-                raise InvalidInput(f"{path}: corrupt or truncated image")
-            if self._encoding.max_pixels and size[0] * size[1] > self._encoding.max_pixels:
-                raise FrameTooLarge(f"{path}: frames are {size[0]}x{size[1]}, above the limit of "
-                                    f"{self._encoding.max_pixels} pixels")
+                raise InvalidInput(f"{shown}: not a readable JPEG, PNG or BMP picture (empty, truncated or another "
+                                   "format)")
+            if self._encoding.max_pixels and size[0] * size[1] > self._encoding.max_pixels:  # before decoding
+                raise FrameTooLarge(too_large(str(path), *size, self._encoding.max_pixels))
+            if bmp:  # decoded once here and sent as PNG (the services take JPEG and PNG)
+                bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise InvalidInput(f"{shown}: a corrupt BMP picture")
+                data = encode_png(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             frames.append(Frame(data, (self._next + len(frames)) / DEFAULT_FPS))
         self._next += len(frames)
         return frames

@@ -88,7 +88,18 @@ def corrupt_frame_folders() -> dict[str, dict[str, bytes]]:
         "text-as-frame": {"000.jpg": b"not a picture"},
         "png-bomb-frame": {"000.png": png_of_size(BOMB_SIDE, BOMB_SIDE, b"")},
         "jpeg-bomb-frame": {"000.jpg": with_jpeg_dimensions(good, BOMB_SIDE)},
+        "bmp-bomb-frame": {"000.bmp": bmp_bomb(BOMB_SIDE)},
+        "tiff-as-frame": {"000.jpg": b"II*\x00" + b"\x00" * 200},
     }
+
+
+def bmp_bomb(side: int) -> bytes:
+    """A 1 kB run-length-encoded BMP that declares side x side (decodes to side^2 x 3 bytes)."""
+    pixels = b"\x00\x01" * 256 + b"\x00\x01"  # end-of-line runs, then end of bitmap
+    header = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    palette = b"\x80\x80\x80\x00" * 256
+    offset = 14 + len(header) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + palette + pixels
 
 
 SPARSE_BYTES = 4 << 30  # a file that reads as 4 GiB of zeros and takes no disk

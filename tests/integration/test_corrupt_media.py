@@ -33,7 +33,8 @@ from tests.helpers.detect import detect, frame_folder, split
 ANSWER_SECONDS = 60  # each source is answered within this, or the test fails: no hangs
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # Sources whose header declares 15000x15000 (y4m is not a format HTTP streams may use).
-DECLARED_BOMBS = {"bomb-in-header.avi", "bomb.y4m", "http bomb-in-header.avi", "png-bomb-frame", "jpeg-bomb-frame"}
+DECLARED_BOMBS = {"bomb-in-header.avi", "bomb.y4m", "http bomb-in-header.avi", "png-bomb-frame", "jpeg-bomb-frame",
+                  "bmp-bomb-frame"}
 
 
 @pytest.fixture

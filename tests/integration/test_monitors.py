@@ -311,8 +311,15 @@ async def test_a_monitor_whose_frames_break_a_limit_fails_and_says_why(tmp_path:
     async with scripted_stack(data_dir=str(tmp_path / "data"), max_image_pixels=100 * 100) as stack, \
             open_channel(stack.address) as channel:
         monitors: Any = monitors_pb2_grpc.MonitorsStub(channel)
-        spec = monitors_pb2.MonitorSpec(source=orchestrator_pb2.VideoSource(path=str(avenue_clip("21"))),
-                                        texts=["bicycle"])
+        video = monitors_pb2.MonitorSpec(source=orchestrator_pb2.VideoSource(path=str(avenue_clip("21"))),
+                                         texts=["bicycle"])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # a video's declared size is known at once
+            await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=video))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "frames are 640x360, above the limit of 10000 pixels" in (refused.value.details() or "")
+        # A frame folder's pictures are read as it plays: the monitor starts, then fails.
+        spec = monitors_pb2.MonitorSpec(source=orchestrator_pb2.VideoSource(
+            frame_folder=str(frame_folder(tmp_path, 24))), texts=["bicycle"])
         monitor_id = (await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=spec))).monitor_id
         request = monitors_pb2.GetMonitorRequest(monitor_id=monitor_id)
         failed = await until(lambda: _async_get(lambda: monitors.GetMonitor(request),

@@ -68,6 +68,15 @@ async def test_jobs_are_stored_listed_by_state_and_paged(store: Store) -> None:
     assert [j.job_id for j in first + rest] == [f"job{n}" for n in range(5)]
 
 
+async def test_unfinished_jobs_are_counted_per_owner(store: Store) -> None:
+    for number, owner in enumerate(("vms", "vms", "vms", "analyst", "")):
+        await store.add_job(*_job(f"job{number}", 1000 + number), owner)
+    await store.update_job("job0", state=jobs_pb2.JOB_STATE_RUNNING)
+    await store.update_job("job1", state=jobs_pb2.JOB_STATE_SUCCEEDED)
+    counts = [await store.unfinished_jobs(owner) for owner in ("vms", "analyst", "", "nobody")]
+    assert counts == [2, 1, 1, 0]  # queued and running count; finished ones do not
+
+
 async def test_a_segment_and_its_events_are_stored_together_or_not_at_all(store: Store) -> None:
     await store.add_job(*_job("job", 1))
     stored = await store.add_segment("job", 0, b"segment 0", [_event("e1", job="job")])

@@ -36,6 +36,18 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("variable", ["ANYANOMALY_ORCHESTRATOR_TOKENS_FILE", "ANYANOMALY_ORCHESTRATOR_TLS_CERT_FILE",
+                                      "ANYANOMALY_ORCHESTRATOR_STREAM_HOSTS", "ANYANOMALY_LVLM_OPENAI_URLL"])
+def test_a_variable_that_names_no_setting_stops_start_up(capsys: pytest.CaptureFixture[str], variable: str) -> None:
+    """A renamed or misspelt security setting must not be silently ignored (no tokens, no TLS)."""
+    prefix = next(p for p in LOADERS if variable.startswith(p + "_"))
+    with pytest.raises(SystemExit) as stopped:
+        LOADERS[prefix]([], {variable: "/etc/anyanomaly/x"})
+    assert stopped.value.code == 2
+    assert f"environment variable {variable} is not a setting of this service" in one_error_line(capsys)
+    assert LOADERS[prefix]([], {"ANYANOMALY_TOKEN": "aat_x", "ANYANOMALY_LVLM_OPENAI_API_KEY_FILE": __file__})
+
+
 def test_invalid_environment_value_names_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         clip_config.load([], env={"ANYANOMALY_CLIP_MAX_BATCH_SIZE": "many"})

@@ -172,6 +172,7 @@ def test_pods_are_locked_down_and_sized(rendered: tuple[str, list[dict[str, Any]
         assert pod["securityContext"]["runAsNonRoot"] is True
         # API access only where endpoints are discovered (test_only_discovery_reads_the_api)
         assert pod["automountServiceAccountToken"] is (name in DISCOVERING), name
+        assert pod["enableServiceLinks"] is False  # a Service's *_PORT variables would read as settings
         assert pod["terminationGracePeriodSeconds"] > 30  # longer than the services' 30 s drain
         for container in pod["containers"]:
             security = container["securityContext"]

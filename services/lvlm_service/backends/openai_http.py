@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import email.utils
-import math
 import random
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -37,17 +38,15 @@ def retry_after(value: str) -> float | None:
     value = value.strip()
     if not value:
         return None
+    if re.fullmatch(r"-?\d+(\.\d+)?", value):
+        return max(0.0, float(value))
     try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # the asctime form carries no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - time.time())
 STRUCTURED_FIELDS = ("vllm", "openai", "none")
 
 
