@@ -1,0 +1,204 @@
+"""The CLIP side of a segment (key frames, position and temporal contexts) for k texts: this
+project's services against the authors' way (benchmarks/reference_clip.py), same model, same
+frames, same machine, and a check that both compute the same contexts.
+
+clip_service (a random-weight ViT-B-32 by default: the paper's architecture, nothing downloaded)
+and context_service run in this process on 127.0.0.1; the project's time is SelectKeyFrames +
+BuildContexts over gRPC with the parity profile. Texts are the ShT classes. Two cases:
+
+- as chosen: each text's contexts on the key frames SelectKeyFrames chose (random weights choose
+  the same frames for every text, so the windows of 4 frames are embedded: 176 forwards);
+- worst case: text i is given the key frames {o, 6+o, 12+o, 18+o} with o = i mod 6, so from 6
+  texts on every window of all 24 frames is embedded (936 forwards), as texts that all look at
+  different frames would need.
+
+The reference shares nothing between texts and its work does not depend on which frames are key
+frames, so its time for k texts is k times its time per text (the median over --reference-texts
+texts and --repeats runs). Its contexts are compared with the project's (worst-case key frames)
+for those texts.
+
+    python -m benchmarks.clip_side [--texts 1 5 11] [--repeats 2] [--models random|tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
+from PIL import Image
+
+from benchmarks.bench_segment import DEFAULT_VIDEO, first_frames
+from benchmarks.reference_clip import ReferenceClip, ReferenceContexts
+from services.clip_service.config import ClipSettings
+from services.clip_service.engine import ClipEngine
+from services.clip_service.server import build_service as build_clip
+from services.common.clients import open_channel
+from services.common.presets import SHTECH_CLASSES, get_preset
+from services.common.server import RunningServer, start_server
+from services.context_service.config import ContextSettings
+from services.context_service.server import build_service as build_context
+
+FRAMES = 24
+WINDOWS = get_preset("shtech").window_sizes
+
+
+def worst_case_key_frames(text_index: int) -> list[int]:
+    offset = text_index % (FRAMES // 4)
+    return [offset + j * (FRAMES // 4) for j in range(4)]
+
+
+@dataclass
+class Row:
+    texts: int
+    reference_seconds: float
+    chosen_seconds: float
+    worst_seconds: float
+    chosen_forwards: int
+    worst_forwards: int
+    reference_forwards: int
+    same_contexts: bool
+
+
+class Services:
+    def __init__(self, clip: RunningServer, context: RunningServer, engine: ClipEngine) -> None:
+        self.clip, self.context, self.engine = clip, context, engine
+
+    @classmethod
+    async def start(cls, models: str) -> Services:
+        clip_settings = ClipSettings(host="127.0.0.1", port=0, models=models, device="cpu", log_level="WARNING")
+        clip_spec, engine = build_clip(clip_settings)
+        clip = await start_server(clip_spec, clip_settings)
+        await clip.until_ready()
+        context_settings = ContextSettings(host="127.0.0.1", port=0, clip_address=clip.address, log_level="WARNING")
+        context = await start_server(build_context(context_settings)[0], context_settings)
+        await context.until_ready()
+        return cls(clip, context, engine)
+
+    async def stop(self) -> None:
+        await self.context.shutdown(1.0)
+        await self.clip.shutdown(1.0)
+
+
+async def project_segment(services: Services, frames: list[common_pb2.Image], texts: list[str], worst: bool
+                          ) -> tuple[float, int, Any, Any]:
+    """(seconds, CLIP image forwards, key-frame answer, contexts answer) for one segment."""
+    async with open_channel(services.clip.address) as clip_channel, \
+            open_channel(services.context.address) as context_channel:
+        clip: Any = clip_pb2_grpc.ClipServiceStub(clip_channel)
+        context: Any = context_pb2_grpc.ContextServiceStub(context_channel)
+        before = services.engine.model.images_encoded
+        started = time.perf_counter()
+        selection = await clip.SelectKeyFrames(clip_pb2.SelectKeyFramesRequest(frames=frames, texts=texts))
+        queries = [context_pb2.ContextQuery(text=text, key_frames=worst_case_key_frames(i),
+                                            representative=worst_case_key_frames(i)[0])
+                   if worst else context_pb2.ContextQuery(text=text, key_frames=chosen.key_frames,
+                                                          representative=chosen.representative)
+                   for i, (text, chosen) in enumerate(zip(texts, selection.selections, strict=True))]
+        contexts = await context.BuildContexts(context_pb2.BuildContextsRequest(
+            frames=frames, queries=queries,
+            options=context_pb2.ContextOptions(profile=common_pb2.PROFILE_PARITY, preset="shtech")))
+        seconds = time.perf_counter() - started
+    return seconds, services.engine.model.images_encoded - before, selection, contexts
+
+
+@dataclass
+class ReferenceRun:
+    contexts: ReferenceContexts
+    representative_ksm: int
+    key_frames_ksm: list[int]
+
+
+def same(reference: ReferenceRun, selection: Any, context: Any) -> bool:
+    """Parity as METHOD.md section 16 defines it: the same key frames and temporal position,
+    context pixels within 1 grey level."""
+    position = np.asarray(Image.open(io.BytesIO(context.position_context.data)).convert("RGB"), dtype=np.int16)
+    temporal = np.asarray(Image.open(io.BytesIO(context.temporal_context.data)).convert("RGB"), dtype=np.int16)
+    return (selection.representative == reference.representative_ksm
+            and list(selection.key_frames) == reference.key_frames_ksm
+            and context.grid_position.candidate == reference.contexts.temporal_position
+            and int(np.abs(position - reference.contexts.position_context).max()) <= 1
+            and int(np.abs(temporal - reference.contexts.temporal_context).max()) <= 1)
+
+
+def reference_text(reference: ReferenceClip, jpegs: list[bytes], text_index: int) -> tuple[float, ReferenceRun]:
+    text = SHTECH_CLASSES[text_index]
+    started = time.perf_counter()
+    representative, key_frames = reference.key_frames(jpegs, text)
+    chosen = worst_case_key_frames(text_index)
+    position = reference.position_context(jpegs[chosen[0]], SHTECH_CLASSES, text, WINDOWS)
+    candidate, temporal = reference.temporal_context([jpegs[k] for k in chosen], text, WINDOWS)
+    seconds = time.perf_counter() - started
+    contexts = ReferenceContexts(chosen[0], chosen, position, candidate, temporal)
+    return seconds, ReferenceRun(contexts, representative, key_frames)
+
+
+async def measure(args: argparse.Namespace) -> list[Row]:
+    jpegs = first_frames(args.video, FRAMES)
+    frames = [common_pb2.Image(data=data) for data in jpegs]
+    services = await Services.start(args.models)
+    try:
+        model: Any = services.engine.model
+        preprocess = open_clip.image_transform(model.image_size, is_train=False, mean=model.mean, std=model.std)
+        reference = ReferenceClip(model._model, model._tokenizer, preprocess)
+        print(f"model: {model.info.name} ({model.info.weights}), {model.info.device}; {FRAMES} frames of "
+              f"{args.video.name}; ShT windows {'/'.join(map(str, WINDOWS))}; parity profile")
+        per_text, runs = [], []
+        for repeat in range(args.repeats + 1):  # the first run warms up
+            for index in range(args.reference_texts):
+                seconds, run = reference_text(reference, jpegs, index)
+                if repeat:
+                    per_text.append(seconds)
+                    runs.append((index, run))
+        reference_seconds = statistics.median(per_text)
+        rows = []
+        for k in args.texts:
+            texts = list(SHTECH_CLASSES[:k])
+            figures = {}
+            for worst in (False, True):
+                timings = []
+                for repeat in range(args.repeats + 1):
+                    seconds, forwards, selection, contexts = await project_segment(services, frames, texts, worst)
+                    if repeat:
+                        timings.append(seconds)
+                figures[worst] = (statistics.median(timings), forwards)
+            agree = all(same(run, selection.selections[index], contexts.contexts[index])
+                        for index, run in runs if index < k)
+            rows.append(Row(k, reference_seconds * k, figures[False][0], figures[True][0], figures[False][1],
+                            figures[True][1], k * (FRAMES + 38 + 4 * 38), agree))
+            print(table(rows[-1:], header=len(rows) == 1), flush=True)
+        return rows
+    finally:
+        await services.stop()
+
+
+def table(rows: list[Row], header: bool = True) -> str:
+    lines = [f"{'texts':>5} {'reference s':>12} {'as chosen s':>12} {'ratio':>6} {'worst case s':>13} {'ratio':>6} "
+             f"{'forwards: reference':>20} {'chosen':>7} {'worst':>6} {'same contexts':>14}"] if header else []
+    lines += [f"{r.texts:>5} {r.reference_seconds:>12.2f} {r.chosen_seconds:>12.2f} "
+              f"{r.reference_seconds / r.chosen_seconds:>5.1f}x {r.worst_seconds:>13.2f} "
+              f"{r.reference_seconds / r.worst_seconds:>5.1f}x {r.reference_forwards:>20} {r.chosen_forwards:>7} "
+              f"{r.worst_forwards:>6} {'yes' if r.same_contexts else 'NO':>14}" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="a video of at least 24 frames")
+    parser.add_argument("--models", default="random", choices=("random", "tiny"))
+    parser.add_argument("--texts", type=int, nargs="+", default=[1, 5, 11])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--reference-texts", type=int, default=2, help="texts the reference is timed on")
+    asyncio.run(measure(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
