@@ -45,7 +45,7 @@ protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.bench_segment
+	$(PY) -m benchmarks
 
 detect: $(STAMP)
 	@test -n "$(VIDEO)" -a -n "$(TEXT)" || { echo "usage: make detect VIDEO=<video file or frame folder> TEXT=<anomaly> [MODELS=tiny] [OUTPUT=out/result.json]"; exit 2; }

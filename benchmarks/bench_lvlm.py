@@ -7,6 +7,8 @@ orchestrator sends: a key frame, a position context and a temporal context per t
 with multi_text, three shared images carrying every text). Prints calls, prompt and answer
 tokens and wall time per segment, and the frames per second that allows (24 frames per
 segment, the LVLM being the bottleneck), next to the reference code's sequential 3k calls.
+Images are the pictures sent per segment; their tokens are part of the prompt tokens (TimedLLM
+counts IMAGE_TOKENS per image; a real engine its own).
 
     python -m benchmarks.bench_lvlm [--latency-ms 200] [--ms-per-answer-token 0] [--concurrency 16]
                                     [--json FILE]
@@ -69,7 +71,7 @@ async def run(latency: float, per_token: float, concurrency: int, segments: int,
                   f"engine latency {latency * 1000:.0f} ms per call + {per_token * 1000:.0f} ms per answer token")
         print(f"{engine}, {concurrency} calls in flight; "
               f"per segment of {SEGMENT_FRAMES} frames (median of {segments})")
-        print(f"{'k':>3} {'mode':<13} {'calls':>6} {'prompt tok':>11} {'answer tok':>11} {'wall s':>8} "
+        print(f"{'k':>3} {'mode':<13} {'calls':>6} {'images':>6} {'prompt tok':>11} {'answer tok':>11} {'wall s':>8} "
               f"{'FPS':>7} {'ref. wall s':>12} {'ref. FPS':>9}")
         rows: list[dict[str, object]] = []
         async with open_channel(lvlm.address) as channel:
@@ -88,8 +90,9 @@ async def run(latency: float, per_token: float, concurrency: int, segments: int,
                         usage = response.usage
                     wall = statistics.median(walls)
                     rows.append({"texts": k, "mode": mode, "calls": usage.calls, "prompt_tokens": usage.prompt_tokens,
-                                 "completion_tokens": usage.completion_tokens, "wall_seconds": wall})
-                    print(f"{k:>3} {mode:<13} {usage.calls:>6} {usage.prompt_tokens:>11} "
+                                 "completion_tokens": usage.completion_tokens, "images": usage.images,
+                                 "wall_seconds": wall})
+                    print(f"{k:>3} {mode:<13} {usage.calls:>6} {usage.images:>6} {usage.prompt_tokens:>11} "
                           f"{usage.completion_tokens:>11} {wall:>8.2f} {SEGMENT_FRAMES / wall:>7.1f} "
                           f"{reference:>12.2f} {SEGMENT_FRAMES / reference:>9.1f}")
         await lvlm.shutdown(1.0)
