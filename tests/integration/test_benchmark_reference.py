@@ -12,7 +12,8 @@ from anyanomaly.v1 import common_pb2
 
 from benchmarks import clip_side
 from benchmarks.bench_segment import DEFAULT_VIDEO, first_frames
-from benchmarks.reference_clip import ReferenceClip
+from benchmarks.reference_clip import ReferenceClip, ReferenceContexts
+from services.common.presets import SHTECH_CLASSES
 
 
 async def test_the_benchmark_reference_computes_the_services_contexts() -> None:
@@ -23,7 +24,7 @@ async def test_the_benchmark_reference_computes_the_services_contexts() -> None:
         model: Any = services.engine.model
         preprocess = open_clip.image_transform(model.image_size, is_train=False, mean=model.mean, std=model.std)
         reference = ReferenceClip(model._model, model._tokenizer, preprocess)
-        texts = list(clip_side.SHTECH_CLASSES[:3])
+        texts = list(SHTECH_CLASSES[:3])
         runs = [clip_side.reference_text(reference, jpegs, index)[1] for index in range(len(texts))]
         _, forwards, selection, contexts = await clip_side.project_segment(services, frames, texts, worst=True)
         assert forwards == 24 + 38 * 12  # 3 texts on 3 disjoint sets of 4 key frames
@@ -31,12 +32,12 @@ async def test_the_benchmark_reference_computes_the_services_contexts() -> None:
             assert clip_side.same(run, selection.selections[index], contexts.contexts[index]), texts[index]
         # A wrong temporal position or a changed picture is told apart.
         run = runs[0]
-        moved = clip_side.ReferenceRun(clip_side.ReferenceContexts(
+        moved = clip_side.ReferenceRun(ReferenceContexts(
             run.contexts.representative, run.contexts.key_frames, run.contexts.position_context,
             run.contexts.temporal_position + 1, run.contexts.temporal_context), run.representative_ksm,
             run.key_frames_ksm)
         assert not clip_side.same(moved, selection.selections[0], contexts.contexts[0])
-        darker = clip_side.ReferenceRun(clip_side.ReferenceContexts(
+        darker = clip_side.ReferenceRun(ReferenceContexts(
             run.contexts.representative, run.contexts.key_frames, run.contexts.position_context // 2,
             run.contexts.temporal_position, run.contexts.temporal_context), run.representative_ksm,
             run.key_frames_ksm)
