@@ -90,10 +90,13 @@ class TimedLLM:
                 body, answer_tokens = completion_body(request, score)
                 time.sleep(device.latency + device.per_answer_token * answer_tokens)  # the engine's time
                 payload = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the caller gave up (a deleted monitor)
+                    return
 
         return Handler

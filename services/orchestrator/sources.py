@@ -193,7 +193,10 @@ def check_frame_size(rgb: np.ndarray, location: str, max_pixels: int) -> None:
 def read_frame_file(path: Path, shown: str) -> bytes:
     """Up to one byte more than a frame may have; a FIFO or device (swapped in after the folder
     was listed) is refused, not waited on."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:  # gone or unreadable since the folder was listed
+        raise InvalidInput(f"{shown}: cannot be read ({exc.strerror})") from None
     with os.fdopen(descriptor, "rb") as file:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise InvalidInput(f"{shown}: is not a regular file (a FIFO, socket or device)")
