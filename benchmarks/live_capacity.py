@@ -64,13 +64,16 @@ async def watch(address: str, cameras: int, seconds: float) -> Level:
 
         await asyncio.sleep(WARM_UP_SECONDS)
         before = await snapshot()
-        await asyncio.sleep(seconds)
-        after = await snapshot()
+        after, worst_lag, deadline = before, 0.0, asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:  # the lag sampled every second, worst kept
+            await asyncio.sleep(1.0)
+            after = await snapshot()
+            worst_lag = max(worst_lag, *(monitor.lag_seconds for monitor in after))
         for monitor_id in ids:
             await monitors.DeleteMonitor(monitors_pb2.GetMonitorRequest(monitor_id=monitor_id))
     return Level(cameras, sum(a.segments_scored - b.segments_scored for a, b in zip(after, before, strict=True)),
                  sum(a.segments_dropped - b.segments_dropped for a, b in zip(after, before, strict=True)),
-                 max(a.lag_seconds for a in after))
+                 worst_lag)
 
 
 async def levels(latency: float, concurrency: int, max_cameras: int, seconds: float) -> list[Level]:

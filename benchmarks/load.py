@@ -8,7 +8,8 @@ Detect calls on the same clip at the same moment and reports, per level:
 - completed, refused (RESOURCE_EXHAUSTED, and how fast the refusal came), failed otherwise;
 - throughput: frames of completed detections per second of wall time;
 - latency of completed detections (p50, p95) and time to their first segment (p50);
-- resident memory of all the services together: peak during the level, and after it.
+- resident memory of the services: the sum of each one's own peak during the level (an upper
+  bound on the peak of them all at one moment), and the sum after it.
 
     python -m benchmarks.load [--levels 1 4 8 16 32] [--max-detections 16] [--frames 96]
                               [--lvlm-latency-ms MS]
@@ -101,8 +102,9 @@ def report(level: Level, frames: int) -> str:
     done = [o for o in level.outcomes if o.code == grpc.StatusCode.OK]
     refused = [o for o in level.outcomes if o.code == grpc.StatusCode.RESOURCE_EXHAUSTED]
     failed = len(level.outcomes) - len(done) - len(refused)
+    firsts = [o.first_segment for o in done if o.first_segment]
     latency = (f"{statistics.median(o.seconds for o in done):8.1f} {percentile([o.seconds for o in done], 0.95):8.1f}"
-               f" {statistics.median(o.first_segment for o in done):8.1f}") if done else f"{'-':>8} {'-':>8} {'-':>8}"
+               f" {statistics.median(firsts) if firsts else 0:8.1f}") if done else f"{'-':>8} {'-':>8} {'-':>8}"
     refusal = f"{max(o.seconds for o in refused) * 1000:6.0f} ms" if refused else f"{'-':>9}"
     return (f"{level.concurrency:5d} {len(done):6d} {len(refused):8d} {refusal} {failed:6d} "
             f"{len(done) * frames / level.wall:9.1f} {latency} {level.peak_mb:8.0f} {level.after_mb:8.0f}")

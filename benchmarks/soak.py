@@ -34,7 +34,8 @@ from services.launcher import EmbeddedStack, StackOptions
 FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures/real"
 VIDEO = FIXTURES / "avenue/testing_videos/08.avi"
 FRAMES = FIXTURES / "ucsd_ped2/testing/frames/04"
-# High for 40 calls, low for 40: at 3 calls per segment, events open and close every ~13 segments.
+# High for 40 calls, low for 40: at 6 calls per segment (2 texts), events open and close every ~7
+# segments.
 SCORES = (0.9,) * 40 + (0.1,) * 40
 
 
@@ -75,14 +76,16 @@ async def soak(stack: EmbeddedStack, args: argparse.Namespace) -> tuple[
                                  ("frames", orchestrator_pb2.VideoSource(frame_folder=str(FRAMES))))]
         start = time.monotonic()
         samples: list[tuple[float, dict[str, Sample]]] = []
-        while (elapsed := time.monotonic() - start) < args.minutes * 60:
+        while time.monotonic() - start < args.minutes * 60:
             await asyncio.sleep(args.every)
             now = {name: sample(pid) for name, pid in pids.items()}
-            samples.append((time.monotonic() - start, now))
+            elapsed = time.monotonic() - start
+            samples.append((elapsed, now))
             print(f"{elapsed / 60:6.1f} min  " + "  ".join(f"{n} {s.rss_mb:.0f} MB/{s.fds} fd" for n, s in now.items()),
                   flush=True)
         final = [await monitors.GetMonitor(monitors_pb2.GetMonitorRequest(monitor_id=m.monitor_id)) for m in created]
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
     warm, window, end = args.warmup_minutes * 60, args.window * 60, samples[-1][0]
     first = [s for t, s in samples if warm <= t <= warm + window] or [samples[0][1]]
     last = [s for t, s in samples if t >= end - window]

@@ -30,6 +30,10 @@ async def test_the_benchmark_reference_computes_the_services_contexts() -> None:
         assert forwards == 24 + 38 * 12  # 3 texts on 3 disjoint sets of 4 key frames
         for index, run in enumerate(runs):
             assert clip_side.same(run, selection.selections[index], contexts.contexts[index]), texts[index]
+        _, _, chosen, chosen_contexts = await clip_side.project_segment(services, frames, texts, worst=False)
+        for index in range(len(texts)):
+            run = clip_side.chosen_reference(reference, jpegs, index)
+            assert clip_side.same(run, chosen.selections[index], chosen_contexts.contexts[index]), texts[index]
         # A wrong temporal position or a changed picture is told apart.
         run = runs[0]
         moved = clip_side.ReferenceRun(ReferenceContexts(
