@@ -53,7 +53,10 @@ class FakeOpenAIServer:
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*self.tls)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            # The handshake in each request's thread, not in accept(): a client that connects and never
+            # finishes it would otherwise block serve_forever, and shutdown() with it.
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
