@@ -17,9 +17,10 @@ frames, so its time for k texts is k times its time per text (the median over --
 texts and --repeats runs). Its contexts are compared with the project's, in both cases, for those
 texts. The project runs in its steady state: text embeddings are cached across segments (the
 first, untimed run fills the cache), where the reference encodes every class's 21 templates for
-every text and segment as the authors' code does. Both run on the CPU.
+every text and segment as the authors' code does. Both run on the CPU, or both on a GPU in fp16
+(--device cuda).
 
-    python -m benchmarks.clip_side [--texts 1 5 11] [--repeats 2] [--models random|tiny]
+    python -m benchmarks.clip_side [--texts 1 5 11] [--repeats 2] [--models random|tiny] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class Services:
         self.clip, self.context, self.engine = clip, context, engine
 
     @classmethod
-    async def start(cls, models: str) -> Services:
-        clip_settings = ClipSettings(host="127.0.0.1", port=0, models=models, device="cpu", log_level="WARNING")
+    async def start(cls, models: str, device: str = "cpu") -> Services:
+        clip_settings = ClipSettings(host="127.0.0.1", port=0, models=models, device=device, log_level="WARNING")
         clip_spec, engine = build_clip(clip_settings)
         clip = await start_server(clip_spec, clip_settings)
         try:
@@ -157,7 +158,7 @@ def chosen_reference(reference: ReferenceClip, jpegs: list[bytes], text_index: i
 async def measure(args: argparse.Namespace) -> list[Row]:
     jpegs = first_frames(args.video, FRAMES)
     frames = [common_pb2.Image(data=data) for data in jpegs]
-    services = await Services.start(args.models)
+    services = await Services.start(args.models, args.device)
     try:
         model: Any = services.engine.model
         preprocess = open_clip.image_transform(model.image_size, is_train=False, mean=model.mean, std=model.std)
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--texts", type=int, nargs="+", default=[1, 5, 11])
     parser.add_argument("--repeats", type=int, default=2, choices=range(1, 100), metavar="N (1 or more)")
     parser.add_argument("--reference-texts", type=int, default=2, help="texts the reference is timed on")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where both run (cuda: fp16, as clip_service runs there)")
     asyncio.run(measure(parser.parse_args()))
 
 

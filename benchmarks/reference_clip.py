@@ -52,19 +52,22 @@ class ReferenceContexts:
 
 class ReferenceClip:
     """`model`: an open_clip CLIP; `tokenizer` its tokenizer; `preprocess` the standard CLIP
-    transform (PIL image -> tensor)."""
+    transform (PIL image -> tensor). Batches go to the model's device and dtype (a GPU in fp16, as
+    the authors ran it) and features come back to the CPU as float32."""
 
     def __init__(self, model: Any, tokenizer: Any, preprocess: Any) -> None:
         self.model, self.tokenizer, self.preprocess = model, tokenizer, preprocess
+        weights = model.visual.conv1.weight  # the input's layer (some parameters stay fp32 in an fp16 model)
+        self.device, self.dtype = weights.device, weights.dtype
 
     def _images(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            features = self.model.encode_image(batch).float()
+            features = self.model.encode_image(batch.to(self.device, self.dtype)).float().cpu()
         return features / features.norm(dim=-1, keepdim=True)
 
     def _texts(self, texts: list[str]) -> torch.Tensor:
         with torch.no_grad():
-            return self.model.encode_text(self.tokenizer(texts)).float()
+            return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu()
 
     def _keyword(self, text: str) -> torch.Tensor:
         vector = self._texts([text])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ from services.common.validation import validate_texts
 from services.common.windows import WindowGrid, layout_grids
 
 log = logging.getLogger("anyanomaly.clip")
+T = TypeVar("T")
 
 
 class TextEncoding(Enum):
@@ -67,11 +70,14 @@ class ClipEngine:
         self._preprocessor: Preprocessor | None = None
         self._batcher: MicroBatcher[torch.Tensor, np.ndarray] | None = None
         self._text_cache: OrderedDict[tuple[TextEncoding, str], np.ndarray] = OrderedDict()
+        # Decoding and resizing release the GIL: a segment's frames are prepared side by side.
+        threads = settings.preprocess_threads or min(8, os.cpu_count() or 1)
+        self._preprocess_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="clip-preprocess")
 
     # -- life cycle -----------------------------------------------------------------
     async def load(self) -> None:
         model = await asyncio.get_running_loop().run_in_executor(self._executor, load_clip, self.settings)
-        self._preprocessor = Preprocessor(model.image_size, model.mean, model.std)
+        self._preprocessor = Preprocessor(model.image_size, model.mean, model.std, model.info.device)
         self._batcher = MicroBatcher(
             self._encode_batch,
             max_batch_size=self.settings.max_batch_size,
@@ -85,6 +91,7 @@ class ClipEngine:
         if self._batcher is not None:
             await self._batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._preprocess_pool.shutdown(wait=True, cancel_futures=True)
 
     @property
     def model(self) -> ClipModel:
@@ -103,7 +110,9 @@ class ClipEngine:
         return self._batcher
 
     def _encode_batch(self, rows: list[torch.Tensor]) -> list[np.ndarray]:
-        embeddings = self.model.encode_images(torch.stack(rows))
+        device = self._preprocessor.device if self._preprocessor is not None else torch.device("cpu")
+        # Whole images come prepared on the CPU and window crops on the model's device.
+        embeddings = self.model.encode_images(torch.stack([row.to(device) for row in rows]))
         return list(embeddings)
 
     # -- texts ----------------------------------------------------------------------
@@ -136,9 +145,8 @@ class ClipEngine:
             self._text_cache.popitem(last=False)
 
     # -- images ---------------------------------------------------------------------
-    def _decoded(self, images: Sequence[bytes], what: str) -> Iterator[np.ndarray]:
-        """Each image decoded in turn (checked first: count, header sizes, the request's pixel
-        budget), so that only one full-size image is in memory at a time."""
+    def _check(self, images: Sequence[bytes], what: str) -> None:
+        """Count and the request's pixel budget, from the headers, before anything is decoded."""
         if not images:
             raise InvalidInput(f"no {what} given")
         if len(images) > self.settings.max_images_per_request:
@@ -146,36 +154,53 @@ class ClipEngine:
                 f"{len(images)} {what} in one request; the limit is {self.settings.max_images_per_request}"
             )
         check_pixel_budget(images, self.settings.max_request_pixels, what)
-        for i, data in enumerate(images):
-            yield decode_image(data, f"{what}[{i}]", self.settings.max_image_pixels)
+
+    def _in_parallel(self, prepare: Callable[[np.ndarray], T], images: Sequence[bytes], what: str,
+                     first: np.ndarray | None = None) -> list[T]:
+        """`prepare` of each decoded image, on the preprocessing threads (so at most that many
+        full-size images are in memory at a time), in order. `first`: images[0], decoded already."""
+        def one(index: int) -> T:
+            if index == 0 and first is not None:
+                return prepare(first)
+            return prepare(decode_image(images[index], f"{what}[{index}]", self.settings.max_image_pixels))
+
+        return list(self._preprocess_pool.map(one, range(len(images))))
 
     def _prepare_images(self, images: Sequence[bytes], mode: Mode) -> list[torch.Tensor]:
-        assert self._preprocessor is not None
-        return [self._preprocessor.image(rgb, mode) for rgb in self._decoded(images, "images")]
+        preprocessor = self._preprocessor
+        assert preprocessor is not None
+        self._check(images, "images")
+        return self._in_parallel(lambda rgb: preprocessor.image(rgb, mode), images, "images")
 
     def _prepare_windows(
         self, images: Sequence[bytes], mode: Mode, specs: Sequence[tuple[int, int]]
     ) -> tuple[list[torch.Tensor], list[WindowGrid]]:
-        assert self._preprocessor is not None
+        preprocessor = self._preprocessor
+        assert preprocessor is not None
         if mode is Mode.CENTER_CROP:
             raise InvalidInput("window crops are squashed, not centre-cropped: use PREPROCESS_SQUASH or "
                                "PREPROCESS_SQUASH_NORMALIZED with windows")
+        self._check(images, "images")
         sizes = {header_size(data) for data in images}
         if len(sizes) > 1:
             raise InvalidInput(f"images cut into windows must all have the same size, got "
                                f"{sorted(s for s in sizes if s)}")
-        rows: list[torch.Tensor] = []
-        grids: list[WindowGrid] = []
-        for rgb in self._decoded(images, "images"):
-            if not grids:
-                height, width = rgb.shape[:2]
-                grids = layout_grids(specs, height, width)
-                total = sum(g.count for g in grids) * len(images)
-                if total > self.settings.max_windows_per_request:
-                    raise InvalidInput(f"{total} window crops requested; the limit is "
-                                       f"{self.settings.max_windows_per_request} per request")
-            rows.extend(self._preprocessor.windows(rgb, grids, mode))
-        return rows, grids
+        first = decode_image(images[0], "images[0]", self.settings.max_image_pixels)
+        height, width = first.shape[:2]
+        grids = layout_grids(specs, height, width)
+        total = sum(g.count for g in grids) * len(images)
+        if total > self.settings.max_windows_per_request:
+            raise InvalidInput(f"{total} window crops requested; the limit is "
+                               f"{self.settings.max_windows_per_request} per request")
+
+        def windows(rgb: np.ndarray) -> torch.Tensor:
+            if rgb.shape[:2] != (height, width):  # equal headers, other pixels (an EXIF rotation)
+                raise InvalidInput(f"images cut into windows must all have the same size, got {width}x{height} "
+                                   f"and {rgb.shape[1]}x{rgb.shape[0]}")
+            return preprocessor.windows(rgb, grids, mode)
+
+        per_image = self._in_parallel(windows, images, "images", first)
+        return [row for rows in per_image for row in rows], grids
 
     async def embed_images(
         self, images: Sequence[bytes], mode: Mode, windows: Sequence[tuple[int, int]] = ()

@@ -28,10 +28,16 @@ class Mode(Enum):
 
 
 class Preprocessor:
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    """`device`: where window crops are cut and resized (the model's: on a GPU the resizes of a
+    frame's windows are one batched op there instead of CPU work); whole images are prepared on
+    the CPU (PIL's bicubic resize is the reference's, to the pixel)."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], device: str = "cpu") -> None:
         self.size = size
+        self.device = torch.device(device)
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._device_mean, self._device_std = self._mean.to(self.device), self._std.to(self.device)
         self._center_crop = Compose([
             Resize(size, interpolation=InterpolationMode.BICUBIC),
             CenterCrop(size),
@@ -40,6 +46,8 @@ class Preprocessor:
         ])
 
     def _normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.device == self.device and self.device.type != "cpu":
+            return (batch - self._device_mean) / self._device_std
         return (batch - self._mean) / self._std
 
     def _squash(self, pixels: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -60,8 +68,8 @@ class Preprocessor:
         return self._squash(self._unit_pixels(rgb), mode is Mode.SQUASH_NORMALIZED)[0]
 
     def windows(self, rgb: np.ndarray, grids: Sequence[WindowGrid], mode: Mode) -> torch.Tensor:
-        """Every window of every grid (row-major, grids in order) -> (L, 3, S, S)."""
-        pixels = self._unit_pixels(rgb)
+        """Every window of every grid (row-major, grids in order) -> (L, 3, S, S), on `device`."""
+        pixels = self._unit_pixels(rgb).to(self.device)
         normalize = mode is Mode.SQUASH_NORMALIZED
         parts = []
         for grid in grids:

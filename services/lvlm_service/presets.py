@@ -24,6 +24,11 @@ class InputLimits:
 REFERENCE_LIMITS = InputLimits(max_pixels=1280 * 28 * 28, max_tokens=128)
 
 
+MM_PROCESSOR_CACHE_GB = 4  # a segment's key frame, sent with every text, is preprocessed once
+MAX_NUM_SEQS = 128  # calls decoded together: all cameras' segments in flight, KV of ~11 GB for a 7B model
+MAX_NUM_BATCHED_TOKENS = 8192  # prefill per step (about 6 image prompts) beside the running decodes
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     model: str
@@ -40,7 +45,12 @@ class ModelPreset:
             "--max-model-len", str(self.max_model_len),
             "--limit-mm-per-prompt", json.dumps({"image": self.images_per_prompt, "video": 0}),
             "--max-logprobs", "20",  # fast mode reads the top 20 candidates per token
-            "--enable-prefix-caching",  # the prompts of one segment share their prefix
+            # The README's "Model presets" says why each of these is set.
+            "--enable-prefix-caching",
+            "--mm-processor-cache-gb", str(MM_PROCESSOR_CACHE_GB),
+            "--max-num-seqs", str(MAX_NUM_SEQS),
+            "--enable-chunked-prefill",
+            "--max-num-batched-tokens", str(MAX_NUM_BATCHED_TOKENS),
         ]
         if self.mm_processor_kwargs:
             args += ["--mm-processor-kwargs", json.dumps(self.mm_processor_kwargs)]

@@ -3,12 +3,14 @@ request still succeeds (the service keeps serving)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 import pytest_asyncio
 from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
+from PIL import Image
 
 from services.clip_service.engine import ClipEngine
 from services.common.clients import open_channel
@@ -25,6 +27,14 @@ async def limited_stack(avenue21_pngs: list[bytes]) -> AsyncIterator[tuple[str, 
     yield clip.address, context.address
     await context.shutdown(1.0)
     await clip.shutdown(1.0)
+
+
+def jpeg(width: int, height: int, orientation: int = 1) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 30)).save(out, "JPEG", exif=exif.tobytes())
+    return out.getvalue()
 
 
 def images(pngs: list[bytes]) -> list[common_pb2.Image]:
@@ -63,6 +73,14 @@ async def test_clip_service_bad_inputs(
          "larger than the 640x360 image"),
         ("EmbedImages", clip_pb2.EmbedImagesRequest(images=[common_pb2.Image(data=b"not an image")]),
          "not a JPEG or PNG"),
+        ("EmbedImages", clip_pb2.EmbedImagesRequest(
+            images=[frames[0], common_pb2.Image(data=jpeg(64, 48))], preprocess=clip_pb2.PREPROCESS_SQUASH,
+            windows=[clip_pb2.WindowGrid(size=32)]), "must all have the same size"),
+        # Equal headers, but the second decodes rotated (EXIF orientation 6): caught after decoding.
+        ("EmbedImages", clip_pb2.EmbedImagesRequest(
+            images=[common_pb2.Image(data=jpeg(64, 48)), common_pb2.Image(data=jpeg(64, 48, orientation=6))],
+            preprocess=clip_pb2.PREPROCESS_SQUASH, windows=[clip_pb2.WindowGrid(size=32)]),
+         "got 64x48 and 48x64"),
     ]
     async with open_channel(running.address) as channel:
         stub = clip_pb2_grpc.ClipServiceStub(channel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 from typing import Any
 
@@ -255,3 +256,53 @@ async def test_requests_held_back_by_the_concurrency_limit_are_exported_as_waiti
     finally:
         release.set()
         await lvlm.shutdown(1.0)
+
+
+def shared_prefix(request: dict[str, Any]) -> str:
+    """Everything a request sends before its question: the messages ahead of the user's, then
+    the user's content up to and including the image (what vLLM's prefix cache can reuse)."""
+    messages = request["messages"]
+    user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    parts = messages[user]["content"]
+    image = next(i for i, p in enumerate(parts) if p["type"] == "image_url")
+    return json.dumps([*messages[:user], {**messages[user], "content": parts[:image + 1]}], sort_keys=True)
+
+
+@pytest.mark.parametrize("options", [{}, {"mode": lvlm_pb2.SCORE_MODE_REASON_FIRST},
+                                     {"mode": lvlm_pb2.SCORE_MODE_FAST}, {"multi_text": True}],
+                         ids=["standard", "reason_first", "fast", "multi_text"])
+async def test_calls_on_the_same_image_share_everything_before_the_question(
+        fake: FakeOpenAIServer, options: dict[str, Any]) -> None:
+    texts = ["running", "bicycle", "person lying on the ground"]
+    pictures = [encode_png(np.full((64, 96, 3), shade, np.uint8)) for shade in range(20, 160, 20)]
+    key_frame = common_pb2.Image(data=pictures[0])
+    if options.get("multi_text"):
+        items = [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=pictures[k]), kind=kind, texts=texts)
+                 for k, kind in enumerate((lvlm_pb2.CONTEXT_KIND_FRAME, lvlm_pb2.CONTEXT_KIND_POSITION,
+                                           lvlm_pb2.CONTEXT_KIND_TEMPORAL))]
+    else:
+        items = [lvlm_pb2.ScoreItem(image=key_frame, kind=lvlm_pb2.CONTEXT_KIND_FRAME, texts=texts)]
+        items += [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=pictures[1 + 2 * t + k]), kind=kind, texts=[text])
+                  for t, text in enumerate(texts)
+                  for k, kind in enumerate((lvlm_pb2.CONTEXT_KIND_POSITION, lvlm_pb2.CONTEXT_KIND_TEMPORAL))]
+    lvlm = await openai_lvlm(fake)
+    try:
+        await score(lvlm.address, items, **options)
+    finally:
+        await lvlm.shutdown(1.0)
+    assert fake.problems == []
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for request in fake.requests:
+        by_image.setdefault(image_url(request), []).append(request)
+    if not options.get("multi_text"):  # the key frame goes with every text
+        assert max(len(group) for group in by_image.values()) >= len(texts)
+    for group in by_image.values():
+        assert len({shared_prefix(request) for request in group}) == 1  # one cached prefix per image
+        assert not any(text in shared_prefix(group[0]) for text in texts)  # no text before the image
+    heads = {shared_prefix(r).split('"image_url"')[0] for r in fake.requests}
+    assert len(heads) == 1  # and what precedes the image is the same for every call
+
+
+def image_url(request: dict[str, Any]) -> str:
+    parts = next(m for m in request["messages"] if m["role"] == "user")["content"]
+    return str(next(p for p in parts if p["type"] == "image_url")["image_url"]["url"])

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from services.common.discovery import parse_target
+from services.lvlm_service.presets import DEFAULT_PRESET, PRESETS
 from tests.helpers.fixtures import REPO_ROOT
 
 KUBERNETES_VERSION = "1.32.0"
@@ -289,6 +290,10 @@ def test_monitoring_scrapes_every_service_and_vllm_in_production(
     vllm, port = {p["name"]: (c, p["containerPort"]) for c in
                   deployments["lvlm"]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}["vllm"]
     assert port == VLLM_PORT and vllm["args"][vllm["args"].index("--host") + 1] == "0.0.0.0"
+    # The engine runs with the preset's flags: the same `vllm serve` arguments, the host added.
+    args = list(vllm["args"])
+    del args[args.index("--host"):args.index("--host") + 2]
+    assert ["vllm", "serve", *args] == PRESETS[DEFAULT_PRESET].serve_args(VLLM_PORT)
 
 
 def test_production_speaks_mutual_tls_between_services(rendered: tuple[str, list[dict[str, Any]]]) -> None:

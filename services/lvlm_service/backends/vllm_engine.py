@@ -17,7 +17,13 @@ from typing import Any
 
 from services.common.errors import ModelLoadError
 from services.lvlm_service.backends.base import BackendInfo, Completion, Prompt
-from services.lvlm_service.presets import ModelPreset, preset_for
+from services.lvlm_service.presets import (
+    MAX_NUM_BATCHED_TOKENS,
+    MAX_NUM_SEQS,
+    MM_PROCESSOR_CACHE_GB,
+    ModelPreset,
+    preset_for,
+)
 
 log = logging.getLogger("anyanomaly.lvlm.vllm")
 
@@ -78,6 +84,10 @@ class VllmEngineBackend:
             mm_processor_kwargs=(preset.mm_processor_kwargs or None) if preset else None,
             enable_prefix_caching=True,
             max_logprobs=20,
+            mm_processor_cache_gb=MM_PROCESSOR_CACHE_GB,  # the tuning of `vllm serve`'s presets
+            max_num_seqs=MAX_NUM_SEQS,
+            enable_chunked_prefill=True,
+            max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
             gpu_memory_utilization=self._memory,
         )
         try:
