@@ -8,12 +8,14 @@ from typing import Any
 
 from anyanomaly.v1 import common_pb2, orchestrator_pb2
 
+from services.common.enums import SCORE_MODE
 from services.common.errors import InvalidInput
 from services.evaluation import datasets
-from services.evaluation.report import ORACLE_MODE, build_report, write_report
+from services.evaluation.report import ORACLE_MODE, build_report, lvlm_work, write_report
 from services.evaluation.runner import load_plan_results, missing_results, run_detections
 from services.evaluation.scoring import RunScores, Scoring, oracle_search, score_run
 from services.launcher import EmbeddedStack, StackOptions
+from services.orchestrator.client import scoring_config
 
 DATASETS = ("c-shtech", "c-avenue", "shtech", "avenue", "custom")
 
@@ -49,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"say '{ORACLE_MODE}'")
     parser.add_argument("--fusion-rule", choices=("fuse_then_max", "max_then_fuse"), default=None,
                         help="several texts: fuse_then_max (default) or max_then_fuse (parity)")
+    parser.add_argument("--mode", choices=SCORE_MODE.choices, default="standard",
+                        help="LVLM scoring mode of the detections (standard, fast or reason_first)")
+    parser.add_argument("--gate", type=float, default=None, help="the detections' CLIP gate (see detect --gate)")
+    parser.add_argument("--cascade", type=float, default=None, metavar="THRESHOLD",
+                        help="the detections' cascade (see detect --cascade); the report gives the LVLM calls, to "
+                             "set against a run without it")
     parser.add_argument("--smoothing", choices=("per_video", "concatenated", "causal"), default=None,
                         help="per_video (default), over the concatenation of all videos (parity), or causal (what "
                              "live monitors do: no look-ahead; the report also gives per_video's AUROC, to show "
@@ -75,7 +83,13 @@ def _profile(args: argparse.Namespace) -> str:
 
 def detect_options(args: argparse.Namespace) -> orchestrator_pb2.DetectOptions:
     profile = common_pb2.PROFILE_PARITY if _profile(args) == "parity" else common_pb2.PROFILE_DEFAULT
-    return orchestrator_pb2.DetectOptions(profile=profile, segment_length=args.segment_length)
+    options = orchestrator_pb2.DetectOptions(profile=profile, segment_length=args.segment_length,
+                                             scoring_mode=SCORE_MODE.value(args.mode))
+    if args.gate is not None:
+        options.gate_threshold = args.gate
+    if args.cascade is not None:
+        options.cascade_threshold = args.cascade
+    return options
 
 
 def scoring_for(args: argparse.Namespace) -> Scoring:
@@ -123,7 +137,7 @@ async def run_eval(args: argparse.Namespace, stack_options: StackOptions | None)
     report = build_report(plan, scores, {
         "profile": _profile(args), "fusion_rule": scoring.rule, "smoothing": scoring.smoothing,
         "weights": list(scoring.weights), "sigma": scoring.sigma, "segment_length": args.segment_length or 24,
-        "results": str(results_dir),
-    })
+        "results": str(results_dir), "scoring": scoring_config(options),
+    }, lvlm_work(results))
     write_report(args.output_dir, report, scores)
     return report

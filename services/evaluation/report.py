@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from services.evaluation.datasets import CATEGORIES, Plan
+from services.evaluation.results import VideoResult
 from services.evaluation.scoring import RunScores, auroc
 
 ORACLE_MODE = "oracle (tuned on test labels)"
@@ -38,7 +39,15 @@ def _percent(score: float | str | None) -> str:
     return UNDEFINED if score is None or isinstance(score, str) else f"{100 * score:.2f}"
 
 
-def build_report(plan: Plan, runs: list[RunScores], settings: dict[str, Any]) -> dict[str, Any]:
+def lvlm_work(results: dict[str, dict[str, VideoResult]]) -> dict[str, int]:
+    """What the detections cost on the LVLM side, over every result evaluated."""
+    every = [result for videos in results.values() for result in videos.values()]
+    return {"lvlm_calls": sum(r.lvlm_calls for r in every), "segments": sum(len(r.segments) for r in every),
+            "screened_out": sum(r.screened_out for r in every)}
+
+
+def build_report(plan: Plan, runs: list[RunScores], settings: dict[str, Any],
+                 work: dict[str, int] | None = None) -> dict[str, Any]:
     oracle = any(r.oracle for r in runs)
     categories: dict[str, list[float | None]] = {}
     for run in runs:
@@ -65,6 +74,7 @@ def build_report(plan: Plan, runs: list[RunScores], settings: dict[str, Any]) ->
         "averages": averages,
         "pooled_auroc": _value(pooled),
         "published_auroc_percent": PUBLISHED.get(plan.dataset),
+        "lvlm_work": work or {},
     }
 
 
@@ -81,6 +91,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"Fixed hyperparameters: fusion weights {weights}, sigma {settings['sigma']:g}.")
     lines += ["", f"Profile `{settings['profile']}`, multi-text rule `{settings['fusion_rule']}`, smoothing "
               f"`{settings['smoothing']}`. Micro-AUROC (%) over all evaluated frames.", ""]
+    work = report.get("lvlm_work") or {}
+    if work:
+        scoring = settings.get("scoring", {})
+        cascade = scoring.get("cascade_threshold")
+        lines += [f"LVLM: {work['lvlm_calls']} calls for {work['segments']} segments, scoring mode "
+                  f"`{scoring.get('mode', 'standard')}`"
+                  + (f", cascade at {cascade:g} ({work['screened_out']} segment-texts screened out)"
+                     if cascade is not None else "") + ".", ""]
     runs = {r["name"]: r for r in report["runs"]}
     kind = dataset.removeprefix("c-")
     if dataset.startswith("c-") and all(r["category"] in ("action", "appearance") for r in report["runs"]):

@@ -4,7 +4,7 @@ raw per-text stream scores of every segment, so they can be re-fused and re-scor
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,14 @@ class VideoResult:
     profile: str
     preset: str
     segments: tuple[SegmentScores, ...]
+    scoring: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCORING))
+    lvlm_calls: int = 0
+    screened_out: int = 0
+
+
+# What a result written before the scoring configuration was recorded was made with.
+DEFAULT_SCORING: dict[str, Any] = {"mode": "standard", "multi_text": False, "gate_threshold": None,
+                                   "cascade_threshold": None}
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class ResultConfig:
     texts: tuple[str, ...]
     profile: str
     preset: str
+    scoring: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCORING))
 
 
 def _segment(path: Path, raw: dict[str, Any]) -> SegmentScores:
@@ -61,6 +70,9 @@ def load_result(path: Path) -> VideoResult:
             profile=str(raw.get("profile", "default")),
             preset=str(raw.get("preset", "")),
             segments=tuple(_segment(path, s) for s in raw["segments"]),
+            scoring={**DEFAULT_SCORING, **raw.get("scoring", {})},
+            lvlm_calls=int(raw.get("lvlm_usage", {}).get("calls", 0)),
+            screened_out=int(raw.get("screened_out", 0)),
         )
     except FileNotFoundError as exc:
         raise InvalidInput(f"result file not found: {path}") from exc
@@ -80,6 +92,8 @@ def check_config(result: VideoResult, expected: ResultConfig) -> None:
         problems.append(f"profile {result.profile!r}, expected {expected.profile!r}")
     if expected.preset and result.preset and result.preset != expected.preset:
         problems.append(f"preset {result.preset!r}, expected {expected.preset!r}")
+    problems += [f"{name} {result.scoring.get(name)!r}, expected {value!r}" for name, value in expected.scoring.items()
+                 if result.scoring.get(name) != value]
     if problems:
         raise InvalidInput(f"{result.path} comes from another configuration: {'; '.join(problems)}. "
                            "Delete it (or use another --output-dir) to run the detection again")

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from services.common.errors import InvalidInput
 from services.evaluation.datasets import Plan
 from services.evaluation.results import ResultConfig, VideoResult, check_config, load_result, result_path
-from services.orchestrator.client import detect_document
+from services.orchestrator.client import detect_document, scoring_config
 
 
 def missing_results(plan: Plan, results_dir: Path) -> list[tuple[str, str]]:
@@ -25,7 +25,7 @@ def missing_results(plan: Plan, results_dir: Path) -> list[tuple[str, str]]:
 
 def expected_config(plan: Plan, group: str, options: orchestrator_pb2.DetectOptions, profile: str) -> ResultConfig:
     texts = next(g.texts for g in plan.groups if g.name == group)
-    return ResultConfig(options.segment_length or 24, texts, profile, plan.preset)
+    return ResultConfig(options.segment_length or 24, texts, profile, plan.preset, scoring_config(options))
 
 
 async def run_detections(

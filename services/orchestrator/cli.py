@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --mode fast: fetch the reason of texts whose fused score reaches this")
     detect.add_argument("--gate", type=float, default=None,
                         help="skip the LVLM for segments whose best CLIP similarity is below this (off by default)")
+    detect.add_argument("--cascade", type=float, default=None, metavar="THRESHOLD",
+                        help="screen each text with one fast call on its key frame; contexts and full scoring only "
+                             "for texts whose screening score reaches THRESHOLD, 0..1 (off by default)")
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
 
     live_cli.add_commands(commands)
@@ -189,6 +192,8 @@ def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
         options.reason_threshold = args.reason_threshold
     if args.gate is not None:
         options.gate_threshold = args.gate
+    if args.cascade is not None:
+        options.cascade_threshold = args.cascade
     if args.grid_selection is not None:
         options.temporal_selection = TEMPORAL_SELECTION.value(args.grid_selection)
     return orchestrator_pb2.DetectRequest(source=_source(args.source, bool(args.address)), texts=args.texts,
@@ -228,6 +233,9 @@ def _print_summary(result: dict[str, Any], output: Path | None) -> None:
           f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} answer tokens")
     if result["gated_segments"]:
         print(f"  {result['gated_segments']} of {len(segments)} segments skipped the LVLM (CLIP gate)")
+    if result["screened_out"]:
+        print(f"  {result['screened_out']} of {len(segments) * len(result['texts'])} segment-texts screened out "
+              "(cascade)")
     if "warning" in result["models"]:
         print(f"  note: {RANDOM_WEIGHTS_WARNING}")
     if output is not None:

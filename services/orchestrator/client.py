@@ -18,6 +18,7 @@ from services.common.enums import (
     KEY_FRAME_STRATEGY,
     MULTI_TEXT_FUSION,
     PROFILE,
+    SCORE_MODE,
     TAIL_POLICY,
     TEMPORAL_SELECTION,
 )
@@ -57,6 +58,17 @@ def _round(value: float) -> float:
     return round(float(value), 6)
 
 
+def scoring_config(options: orchestrator_pb2.DetectOptions) -> dict[str, Any]:
+    """How the LVLM side was asked to score (what a cached result must match to be reused)."""
+    mode = options.scoring_mode or options.advanced.scoring.mode or options.scoring.mode
+    return {
+        "mode": SCORE_MODE.name(mode, "standard"),
+        "multi_text": options.multi_text or options.advanced.scoring.multi_text or options.scoring.multi_text,
+        "gate_threshold": _round(options.gate_threshold) if options.HasField("gate_threshold") else None,
+        "cascade_threshold": _round(options.cascade_threshold) if options.HasField("cascade_threshold") else None,
+    }
+
+
 class ResultBuilder:
     """Collects a Detect stream into the documented result JSON."""
 
@@ -86,6 +98,8 @@ class ResultBuilder:
                 "temporal": _round(s.temporal.score), "fused": _round(s.fused), "reason": _reason(s),
                 "reasons": {name: getattr(s, name).reason for name in STREAMS},
             }
+            if s.screened_out:
+                scores[s.text]["screened_out"] = True
             failures += [{"text": s.text, "stream": name, "error": getattr(s, name).error}
                          for name in STREAMS if not getattr(s, name).parsed]
         document: dict[str, Any] = {
@@ -133,6 +147,7 @@ class ResultBuilder:
             "context_options": {"half_stride": context.half_stride,
                                 "temporal_selection": TEMPORAL_SELECTION.name(context.temporal_selection,
                                                                               "max_window")},
+            "scoring": scoring_config(options),
             "fusion_weights": [_round(w) for w in summary.fusion_weights],
             "sigma": _round(summary.sigma),
             "segments": self.segments,
@@ -140,6 +155,7 @@ class ResultBuilder:
             "scored_frames": summary.scored_frames,
             "parse_failures": summary.parse_failures,
             "gated_segments": summary.gated_segments,
+            "screened_out": summary.screened_out,
             "lvlm_usage": {"calls": usage.calls, "prompt_tokens": usage.prompt_tokens,
                            "completion_tokens": usage.completion_tokens, "images": usage.images,
                            "retries": usage.retries, "failures": usage.failures,

@@ -27,6 +27,7 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
                 orchestrator_pb2.TextSegmentScore(
                     text=r.text, frame=_stream(r.frame), position=_stream(r.position), temporal=_stream(r.temporal),
                     fused=r.fused, key_frames=list(r.key_frames), representative=r.representative, causal=r.causal,
+                    screened_out=r.screened_out,
                 )
                 for r in update.results
             ],
@@ -38,7 +39,7 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
         tail_policy=TAIL_POLICY.value(update.tail_policy), fusion_weights=list(update.weights), sigma=update.sigma,
         multi_text_fusion=MULTI_TEXT_FUSION.value(update.multi_text_fusion), profile=PROFILE.value(update.profile),
         preset=update.preset, strategy=update.strategy, segments=update.segments,
-        gated_segments=update.gated_segments,
+        gated_segments=update.gated_segments, screened_out=update.screened_out,
         timings=orchestrator_pb2.Timings(total_seconds=t.total, decode_seconds=t.decode,
                                          key_frames_seconds=t.key_frames, contexts_seconds=t.contexts,
                                          scoring_seconds=t.scoring),
@@ -57,7 +58,8 @@ def outcome_from_proto(segment: orchestrator_pb2.SegmentResult) -> SegmentOutcom
     return SegmentOutcome(
         index=segment.index, start=segment.start_frame, end=segment.end_frame,
         results=[TextResult(r.text, r.representative, tuple(r.key_frames), _score(r.frame), _score(r.position),
-                            _score(r.temporal), r.fused, r.causal) for r in segment.scores],
+                            _score(r.temporal), r.fused, r.causal, screened_out=r.screened_out)
+                 for r in segment.scores],
         max_fused=segment.max_fused, max_then_fuse=segment.max_then_fuse, score=segment.score,
         usage=segment.lvlm_usage, start_seconds=segment.start_seconds, end_seconds=segment.end_seconds,
         wall_ms=segment.wall_time_ms, causal_score=segment.causal_score, gated=segment.gated,

@@ -55,6 +55,8 @@ def resolve(
         raise InvalidInput(f"reason_threshold is a fused score, 0..1; got {echo(options.reason_threshold, 20)}")
     if options.HasField("gate_threshold") and not -1 <= options.gate_threshold <= 1:
         raise InvalidInput(f"gate_threshold is a cosine similarity, -1..1; got {echo(options.gate_threshold, 20)}")
+    if options.HasField("cascade_threshold") and not 0 <= options.cascade_threshold <= 1:
+        raise InvalidInput(f"cascade_threshold is a screening score, 0..1; got {echo(options.cascade_threshold, 20)}")
     validate_max_tokens(scoring.max_tokens, "advanced.scoring.max_tokens")
     if scoring.multi_text and scoring.mode == lvlm_pb2.SCORE_MODE_FAST:
         raise InvalidInput("the fast mode reads one score per call from token probabilities; use multi_text with "
@@ -70,6 +72,7 @@ def resolve(
         multi_text=scoring.multi_text,
         reason_threshold=options.reason_threshold if options.HasField("reason_threshold") else None,
         gate_threshold=options.gate_threshold if options.HasField("gate_threshold") else None,
+        cascade_threshold=options.cascade_threshold if options.HasField("cascade_threshold") else None,
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2
 
 from services.common.errors import InvalidInput, NotReady
+from services.common.presets import get_preset
 from services.orchestrator.fusion import (
     DEFAULT_SIGMA,
     DEFAULT_WEIGHTS,
@@ -24,7 +25,7 @@ from services.orchestrator.fusion import (
     smooth,
 )
 from services.orchestrator.live.smoothing import CausalSmoother
-from services.orchestrator.service_clients import KeyFrameChoice, ServiceClients, StreamScore
+from services.orchestrator.service_clients import KeyFrameChoice, ServiceClients, StreamScore, TextContexts
 from services.orchestrator.sources import DEFAULT_FPS, AsyncFrameSource, Frame
 
 MIN_SEGMENT_FRAMES = 4  # the key-frame rule picks one frame in each quarter
@@ -46,6 +47,7 @@ class DetectParams:
     multi_text: bool = False  # one joint key-frame choice and three LVLM calls per segment
     reason_threshold: float | None = None  # fast mode: reasons for texts whose fused score reaches this
     gate_threshold: float | None = None  # skip the LVLM when the best CLIP similarity is below this
+    cascade_threshold: float | None = None  # full scoring only for texts whose screening score reaches this
     context_options: context_pb2.ContextOptions = field(default_factory=context_pb2.ContextOptions)
     score_options: lvlm_pb2.ScoreOptions = field(default_factory=lvlm_pb2.ScoreOptions)
 
@@ -78,6 +80,7 @@ class TextResult:
     fused: float
     causal: float = 0.0  # `fused` smoothed causally (see live/smoothing.py)
     images: EvidenceImages | None = None  # with DetectParams.keep_images
+    screened_out: bool = False  # below the cascade's threshold: the streams carry the screening score
 
 
     def reason(self) -> str:
@@ -134,6 +137,7 @@ class Summary:
     parse_failures: int
     segments: int = 0
     gated_segments: int = 0
+    screened_out: int = 0
 
 
 Update = Started | SegmentOutcome | Summary
@@ -170,6 +174,31 @@ def without_images(outcome: SegmentOutcome) -> SegmentOutcome:
     if all(r.images is None for r in outcome.results):
         return outcome
     return replace(outcome, results=[replace(r, images=None) for r in outcome.results])
+
+
+def _passing(choices: list[KeyFrameChoice], screening: dict[str, StreamScore], threshold: float
+             ) -> list[KeyFrameChoice]:
+    """The choices narrowed to the texts the screening lets through: a score that reaches the
+    threshold (compared as reported, in float32), or no readable score at all (never dropped
+    unseen)."""
+    def passes(text: str) -> bool:
+        score = screening.get(text)
+        return score is None or not score.parsed or bool(np.float32(score.score) >= np.float32(threshold))
+
+    narrowed = []
+    for choice in choices:
+        texts = [t for t in choice.texts if passes(t)]
+        if texts:
+            narrowed.append(replace(choice, text=texts[0], more_texts=tuple(texts[1:])))
+    return narrowed
+
+
+def _classes(preset: str, texts: Sequence[str]) -> list[str]:
+    """The class list context_service uses for all `texts`, stated: the position context weighs
+    a text against the other classes, so a text that passes the cascade gets the contexts it
+    would get without it, whichever others were screened out."""
+    classes = list(get_preset(preset).class_names)
+    return classes + [t for t in dict.fromkeys(texts) if t not in classes]
 
 
 class _CausalScores:
@@ -215,26 +244,46 @@ class Detector:
             return self._gated(segment, selected_frames.choices, best, params)
         # Per text, or one joint choice whose three images carry every text.
         choices = [selected_frames.joint] if selected_frames.joint is not None else selected_frames.choices
-        built_at = time.perf_counter()
-        contexts = await self.clients.build_contexts(segment.images, choices, params.context_options)
-        scored_at = time.perf_counter()
-        timings.contexts += scored_at - built_at
-        streams, usage = await self.clients.score(segment.images, choices, contexts, params.score_options)
-        timings.scoring += time.perf_counter() - scored_at
-        choice_of = {t: (c, context) for c, context in zip(choices, contexts, strict=True) for t in c.texts}
+        choice_of = {t: c for c in choices for t in c.texts}
+        usage_parts: list[lvlm_pb2.Usage] = []
+        screening: dict[str, StreamScore] = {}
+        if params.cascade_threshold is not None:
+            screening, screening_usage = await self._screen(segment, choices, params)
+            usage_parts.append(screening_usage)
+            choices = _passing(choices, screening, params.cascade_threshold)
+        streams: dict[str, dict[str, StreamScore]] = {}
+        contexts_of: dict[str, TextContexts] = {}
+        if choices:
+            built_at = time.perf_counter()
+            classes = _classes(params.context_options.preset, texts) if params.cascade_threshold is not None else []
+            contexts = await self.clients.build_contexts(segment.images, choices, params.context_options, classes)
+            scored_at = time.perf_counter()
+            timings.contexts += scored_at - built_at
+            streams, scoring_usage = await self.clients.score(segment.images, choices, contexts, params.score_options)
+            timings.scoring += time.perf_counter() - scored_at
+            usage_parts.append(scoring_usage)
+            contexts_of = {t: context for c, context in zip(choices, contexts, strict=True) for t in c.texts}
         results = []
         for text in texts:
-            scores, (choice, context) = streams[text], choice_of[text]
+            choice = choice_of[text]
+            screened_out = text not in streams
+            if screened_out:  # the screening score stands for all three streams
+                score = screening[text]
+                frame = position = temporal = StreamScore(score.score, "", score.parsed, score.error)
+            else:
+                frame, position, temporal = (streams[text].get(s, MISSING) for s in ("frame", "position", "temporal"))
+            context = contexts_of.get(text)
             images = EvidenceImages(segment.images[choice.representative], context.position, context.temporal
-                                    ) if params.keep_images else None
-            frame, position, temporal = (scores.get(s, MISSING) for s in ("frame", "position", "temporal"))
+                                    ) if params.keep_images and context is not None else None
             results.append(TextResult(
                 text=text,
                 representative=segment.start + choice.representative,
                 key_frames=tuple(segment.start + k for k in choice.key_frames),
                 frame=frame, position=position, temporal=temporal,
                 fused=as_reported(fuse(frame.score, position.score, temporal.score, params.weights)), images=images,
+                screened_out=screened_out,
             ))
+        usage = add_usage(usage_parts)
         if params.score_options.mode == lvlm_pb2.SCORE_MODE_FAST and params.reason_threshold is not None:
             results, usage = await self._add_reasons(segment, results, usage, params)
         return self._outcome(segment, results, usage, params, best)
@@ -253,9 +302,19 @@ class Detector:
         options = lvlm_pb2.ScoreOptions()
         options.CopyFrom(params.score_options)
         options.mode, options.multi_text = lvlm_pb2.SCORE_MODE_STANDARD, False
-        reasons, extra = await self.clients.reasons(segment.images, wanted, options)
+        answers, extra = await self.clients.key_frame_scores(segment.images, wanted, options)
+        reasons = {text: answer.reason for text, answer in answers.items()}
         updated = [replace(r, frame=replace(r.frame, reason=reasons.get(r.text, r.frame.reason))) for r in results]
         return updated, add_usage([usage, extra])
+
+    async def _screen(self, segment: _Segment, choices: list[KeyFrameChoice], params: DetectParams
+                      ) -> tuple[dict[str, StreamScore], lvlm_pb2.Usage]:
+        """The cascade's screening: each text's key frame, one fast-mode (log-probability) call."""
+        options = lvlm_pb2.ScoreOptions()
+        options.CopyFrom(params.score_options)
+        options.mode, options.multi_text = lvlm_pb2.SCORE_MODE_FAST, False
+        wanted = [(text, choice.representative) for choice in choices for text in choice.texts]
+        return await self.clients.key_frame_scores(segment.images, wanted, options)
 
     def _gated(self, segment: _Segment, choices: list[KeyFrameChoice], best: float, params: DetectParams
                ) -> SegmentOutcome:
@@ -389,4 +448,5 @@ class Detector:
             weights=params.weights, sigma=params.sigma,
             timings=timings, clip_model=clip_info, lvlm_model=lvlm_info, lvlm_usage=usage, parse_failures=failures,
             segments=len(outcomes), gated_segments=sum(o.gated for o in outcomes),
+            screened_out=sum(r.screened_out for o in outcomes for r in o.results),
         )

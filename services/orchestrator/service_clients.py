@@ -108,9 +108,11 @@ class ServiceClients:
         return KeyFrames(choices, shared, response.best_similarity)
 
     async def build_contexts(
-        self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], options: context_pb2.ContextOptions
+        self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], options: context_pb2.ContextOptions,
+        class_names: Sequence[str] = (),
     ) -> list[TextContexts]:
-        """Contexts per choice; only the frames the choices use are sent."""
+        """Contexts per choice; only the frames the choices use are sent. `class_names`: the
+        position context's classes (default: the preset's, with the choices' texts)."""
         used = sorted({i for c in choices for i in (*c.key_frames, c.representative)})
         position = {index: slot for slot, index in enumerate(used)}
         request = context_pb2.BuildContextsRequest(
@@ -122,6 +124,7 @@ class ServiceClients:
                 )
                 for c in choices
             ],
+            class_names=list(class_names),
             options=options,
         )
         response = await self.context.call(lambda s: s.BuildContexts, request, self._timeout)
@@ -155,12 +158,14 @@ class ServiceClients:
                 per_text[s.text][CONTEXT_KIND.names[item.kind]] = StreamScore(s.score, s.reason, s.parsed, s.error)
         return per_text, response.usage
 
-    async def reasons(
+    async def key_frame_scores(
         self, frames: Sequence[bytes], choices: Sequence[tuple[str, int]], options: lvlm_pb2.ScoreOptions
-    ) -> tuple[dict[str, str], lvlm_pb2.Usage]:
-        """The key-frame reason of each (text, representative frame): one standard-mode call each."""
+    ) -> tuple[dict[str, StreamScore], lvlm_pb2.Usage]:
+        """Each (text, representative frame) scored on its key frame alone: one call each, in
+        `options`' mode (the reasons of fast-mode texts; the cascade's screening)."""
         items = [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=frames[index]), kind=lvlm_pb2.CONTEXT_KIND_FRAME,
                                     texts=[text]) for text, index in choices]
         response = await self._score(items, options)
-        return {s.text: s.reason for item in response.items for s in item.scores}, response.usage
+        return ({s.text: StreamScore(s.score, s.reason, s.parsed, s.error) for item in response.items
+                 for s in item.scores}, response.usage)
 

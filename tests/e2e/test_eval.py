@@ -132,3 +132,30 @@ def test_results_of_another_configuration_and_bad_datasets_fail_clearly(evaluate
     unknown = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--classes", "juggling",
                   "--results", str(evaluated / "results"), "--output-dir", str(tmp_path))
     assert unknown.returncode == 2 and "unknown class 'juggling'" in unknown.stderr
+
+
+def test_the_cascade_is_evaluated_with_the_calls_it_saves(evaluated: Path, data_root: Path, tmp_path: Path) -> None:
+    """The same detections with the cascade: fewer LVLM calls, counted in the report, and an AUROC
+    recomputed from its own results (what it costs in accuracy is the difference)."""
+    with FakeOpenAIServer(answer=ScriptedLVLM()) as server:
+        done = run("eval", "--dataset", "c-avenue", "--data-root", str(data_root),
+                   "--labels-root", labels_root(), "--videos", *VIDEOS, "--models", "tiny", "--lvlm-url", server.url,
+                   "--lvlm-model", server.model, "--cascade", "0.5", "--output-dir", str(tmp_path), "--quiet",
+                   timeout=600)
+    assert done.returncode == 0, done.stderr
+    plain, cascaded = (json.loads((folder / "report.json").read_text()) for folder in (evaluated, tmp_path))
+    texts, segments = len(plain["runs"]), plain["lvlm_work"]["segments"]
+    assert plain["lvlm_work"] == {"lvlm_calls": 3 * texts * segments, "segments": segments, "screened_out": 0}
+    out = cascaded["lvlm_work"]["screened_out"]
+    assert 0 < out < texts * segments
+    assert cascaded["lvlm_work"]["lvlm_calls"] == texts * segments + 3 * (texts * segments - out)
+    assert cascaded["settings"]["scoring"]["cascade_threshold"] == 0.5
+    assert f"cascade at 0.5 ({out} segment-texts screened out)" in (tmp_path / "report.md").read_text()
+    for run_ in cascaded["runs"]:
+        if run_["name"] in ("throwing", "running"):
+            again = recomputed_auroc(tmp_path / "results", run_["name"], (0.6, 0.3, 0.1), 15.0)
+            assert run_["auroc"] == pytest.approx(again, abs=1e-6)
+    # Results made with the cascade are not taken for results without it.
+    other = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--videos", *VIDEOS,
+                "--results", str(tmp_path / "results"), "--output-dir", str(tmp_path / "o"))
+    assert other.returncode == 2 and "cascade_threshold 0.5, expected None" in other.stderr

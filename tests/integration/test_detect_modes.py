@@ -115,3 +115,36 @@ async def test_fast_mode_fetches_reasons_only_for_texts_at_or_above_the_threshol
             if text.frame.reason:
                 assert text.frame.reason.startswith(f"{text.text}: scripted")
     assert 0 < sum(t.fused >= threshold for s in results for t in s.scores) < len(fused)
+
+
+async def test_the_cascade_scores_fully_only_the_texts_its_screening_lets_through(
+    scripted: Scripted, tmp_path: Path
+) -> None:
+    folder = frame_folder(tmp_path, 96)  # four segments
+    texts = ["cart", "bicycle", "skateboard"]
+    # The screening call is the fast mode's key-frame call: a fast run gives every screening score.
+    fast, _ = await run(scripted.stack, folder, texts, scoring_mode=lvlm_pb2.SCORE_MODE_FAST, sigma=0.0)
+    screening = [{t.text: t.frame.score for t in segment.scores} for segment in fast]
+    values = sorted(score for segment in screening for score in segment.values())
+    threshold = values[len(values) // 2]
+    assert values[0] < threshold  # some texts are screened out, some pass
+    plain, _ = await run(scripted.stack, folder, texts, sigma=0.0)
+    scripted.lvlm.answers.clear()
+    cascaded, summary = await run(scripted.stack, folder, texts, sigma=0.0, cascade_threshold=threshold)
+    out = 0
+    for result, alone, screened in zip(cascaded, plain, screening, strict=True):
+        passing = [t for t in texts if screened[t] >= threshold]
+        assert result.lvlm_usage.calls == len(texts) + 3 * len(passing)  # one screening call each, then 3
+        for text, full in zip(result.scores, alone.scores, strict=True):
+            assert text.screened_out == (text.text not in passing)
+            if text.screened_out:
+                out += 1
+                score = screened[text.text]
+                assert text.frame.score == text.position.score == text.temporal.score == score
+                assert text.fused == np.float32(score) and text.frame.reason == ""
+            else:  # what the detection without the cascade gave
+                assert (text.frame, text.position, text.temporal, text.fused) == (
+                    full.frame, full.position, full.temporal, full.fused)
+        assert result.max_fused == max(t.fused for t in result.scores)
+    assert summary.screened_out == out and 0 < out < len(texts) * len(cascaded)
+    assert summary.lvlm_usage.calls == len(scripted.lvlm.answers) == len(texts) * 4 + 3 * (len(texts) * 4 - out)

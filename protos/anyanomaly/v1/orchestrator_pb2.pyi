@@ -138,6 +138,7 @@ class DetectOptions(_message.Message):
     HALF_STRIDE_FIELD_NUMBER: _builtins.int
     TEMPORAL_SELECTION_FIELD_NUMBER: _builtins.int
     ADVANCED_FIELD_NUMBER: _builtins.int
+    CASCADE_THRESHOLD_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     segment_length: _builtins.int
     """N, 0: 24"""
@@ -170,6 +171,11 @@ class DetectOptions(_message.Message):
     """overlapping windows (stride = window / 2)"""
     temporal_selection: _context_pb2.TemporalSelection.ValueType
     """how the temporal context's position is chosen"""
+    cascade_threshold: _builtins.float
+    """A cascade: each text is first screened by one fast (log-probability) call on its key frame;
+    only texts whose screening score reaches this get contexts and the full scoring. A text
+    screened out keeps its screening score in all three streams. Unset: off.
+    """
     @_builtins.property
     def fusion_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """g1, g2, g3 for frame, position, temporal; empty: 0.6, 0.3, 0.1"""
@@ -206,17 +212,22 @@ class DetectOptions(_message.Message):
         half_stride: _builtins.bool = ...,
         temporal_selection: _context_pb2.TemporalSelection.ValueType = ...,
         advanced: Global___AdvancedOptions | None = ...,
+        cascade_threshold: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "context", b"context", "gate_threshold", b"gate_threshold", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold", "_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "cascade_threshold", b"cascade_threshold", "context", b"context", "gate_threshold", b"gate_threshold", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "half_stride", b"half_stride", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "scoring_mode", b"scoring_mode", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "temporal_selection", b"temporal_selection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold", "_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "cascade_threshold", b"cascade_threshold", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "half_stride", b"half_stride", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "scoring_mode", b"scoring_mode", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "temporal_selection", b"temporal_selection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cascade_threshold: _TypeAlias = _typing.Literal["cascade_threshold"]  # noqa: Y015
+    _WhichOneofArgType__cascade_threshold: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold"]  # noqa: Y015
     _WhichOneofReturnType__gate_threshold: _TypeAlias = _typing.Literal["gate_threshold"]  # noqa: Y015
     _WhichOneofArgType__gate_threshold: _TypeAlias = _typing.Literal["_gate_threshold", b"_gate_threshold"]  # noqa: Y015
     _WhichOneofReturnType__reason_threshold: _TypeAlias = _typing.Literal["reason_threshold"]  # noqa: Y015
     _WhichOneofArgType__reason_threshold: _TypeAlias = _typing.Literal["_reason_threshold", b"_reason_threshold"]  # noqa: Y015
     _WhichOneofReturnType__sigma: _TypeAlias = _typing.Literal["sigma"]  # noqa: Y015
     _WhichOneofArgType__sigma: _TypeAlias = _typing.Literal["_sigma", b"_sigma"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cascade_threshold) -> _WhichOneofReturnType__cascade_threshold | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_threshold) -> _WhichOneofReturnType__gate_threshold | None: ...
     @_typing.overload
@@ -357,6 +368,7 @@ class TextSegmentScore(_message.Message):
     KEY_FRAMES_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_FIELD_NUMBER: _builtins.int
     CAUSAL_FIELD_NUMBER: _builtins.int
+    SCREENED_OUT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     fused: _builtins.float
     """g1*frame + g2*position + g3*temporal"""
@@ -365,6 +377,10 @@ class TextSegmentScore(_message.Message):
     causal: _builtins.float
     """The fused score smoothed causally (no look-ahead; time constant = sigma frames, which is its
     mean delay): what live event rules compare with their thresholds.
+    """
+    screened_out: _builtins.bool
+    """Below DetectOptions.cascade_threshold: no contexts and no full scoring; the streams carry the
+    screening score.
     """
     @_builtins.property
     def frame(self) -> Global___StreamScore: ...
@@ -387,10 +403,11 @@ class TextSegmentScore(_message.Message):
         key_frames: _abc.Iterable[_builtins.int] | None = ...,
         representative: _builtins.int = ...,
         causal: _builtins.float = ...,
+        screened_out: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "position", b"position", "temporal", b"temporal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal", b"causal", "frame", b"frame", "fused", b"fused", "key_frames", b"key_frames", "position", b"position", "representative", b"representative", "temporal", b"temporal", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal", b"causal", "frame", b"frame", "fused", b"fused", "key_frames", b"key_frames", "position", b"position", "representative", b"representative", "screened_out", b"screened_out", "temporal", b"temporal", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -522,6 +539,7 @@ class Summary(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     GATED_SEGMENTS_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
+    SCREENED_OUT_FIELD_NUMBER: _builtins.int
     num_frames: _builtins.int
     fps: _builtins.float
     tail_policy: Global___TailPolicy.ValueType
@@ -540,6 +558,8 @@ class Summary(_message.Message):
     """segments the CLIP gate kept from the LVLM"""
     segments: _builtins.int
     """segments scored or gated"""
+    screened_out: _builtins.int
+    """(segment, text) pairs the cascade's screening kept from full scoring"""
     @_builtins.property
     def frame_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """one per frame, smoothed; frames without a score are 0"""
@@ -577,10 +597,11 @@ class Summary(_message.Message):
         strategy: _common_pb2.KeyFrameStrategy.ValueType = ...,
         gated_segments: _builtins.int = ...,
         segments: _builtins.int = ...,
+        screened_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "fps", b"fps", "frame_scores", b"frame_scores", "fusion_weights", b"fusion_weights", "gated_segments", b"gated_segments", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "multi_text_fusion", b"multi_text_fusion", "num_frames", b"num_frames", "parse_failures", b"parse_failures", "preset", b"preset", "profile", b"profile", "scored_frames", b"scored_frames", "segments", b"segments", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_model", b"clip_model", "fps", b"fps", "frame_scores", b"frame_scores", "fusion_weights", b"fusion_weights", "gated_segments", b"gated_segments", "lvlm_model", b"lvlm_model", "lvlm_usage", b"lvlm_usage", "multi_text_fusion", b"multi_text_fusion", "num_frames", b"num_frames", "parse_failures", b"parse_failures", "preset", b"preset", "profile", b"profile", "scored_frames", b"scored_frames", "screened_out", b"screened_out", "segments", b"segments", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
