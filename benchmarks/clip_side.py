@@ -21,6 +21,7 @@ every text and segment as the authors' code does. Both run on the CPU, or both o
 (--device cuda).
 
     python -m benchmarks.clip_side [--texts 1 5 11] [--repeats 2] [--models random|tiny] [--device cpu|cuda]
+                                   [--precision auto|bf16|...]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from benchmarks.bench_segment import DEFAULT_VIDEO, first_frames
 from benchmarks.reference_clip import ReferenceClip, ReferenceContexts
 from services.clip_service.config import ClipSettings
 from services.clip_service.engine import ClipEngine
+from services.clip_service.model import load_clip
 from services.clip_service.server import build_service as build_clip
 from services.common.clients import open_channel
 from services.common.presets import SHTECH_CLASSES, get_preset
@@ -76,8 +78,9 @@ class Services:
         self.clip, self.context, self.engine = clip, context, engine
 
     @classmethod
-    async def start(cls, models: str, device: str = "cpu") -> Services:
-        clip_settings = ClipSettings(host="127.0.0.1", port=0, models=models, device=device, log_level="WARNING")
+    async def start(cls, models: str, device: str = "cpu", precision: str = "auto") -> Services:
+        clip_settings = ClipSettings(host="127.0.0.1", port=0, models=models, device=device, precision=precision,
+                                     log_level="WARNING")
         clip_spec, engine = build_clip(clip_settings)
         clip = await start_server(clip_spec, clip_settings)
         try:
@@ -158,12 +161,17 @@ def chosen_reference(reference: ReferenceClip, jpegs: list[bytes], text_index: i
 async def measure(args: argparse.Namespace) -> list[Row]:
     jpegs = first_frames(args.video, FRAMES)
     frames = [common_pb2.Image(data=data) for data in jpegs]
-    services = await Services.start(args.models, args.device)
+    precision = getattr(args, "precision", "auto")
+    services = await Services.start(args.models, args.device, precision)
     try:
         model: Any = services.engine.model
         preprocess = open_clip.image_transform(model.image_size, is_train=False, mean=model.mean, std=model.std)
-        reference = ReferenceClip(model._model, model._tokenizer, preprocess)
-        print(f"model: {model.info.name} ({model.info.weights}), {model.info.device}; {FRAMES} frames of "
+        # The reference keeps the parity precision (fp32 on the CPU, fp16 on a GPU): with another
+        # --precision the same-contexts check asks whether that precision changes the outputs.
+        weights = model if precision == "auto" else load_clip(ClipSettings(models=args.models, device=args.device))
+        reference = ReferenceClip(weights._model, weights._tokenizer, preprocess)
+        print(f"model: {model.info.name} ({model.info.weights}), {model.info.device} {model.info.dtype} (reference "
+              f"{weights.info.dtype}); {FRAMES} frames of "
               f"{args.video.name}; ShT windows {'/'.join(map(str, WINDOWS))}; parity profile; contexts compared "
               f"for the first {args.reference_texts} texts in both cases")
         per_text, worst_runs = [], {}
@@ -214,6 +222,8 @@ def main() -> None:
     parser.add_argument("--reference-texts", type=int, default=2, help="texts the reference is timed on")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="where both run (cuda: fp16, as clip_service runs there)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="clip_service's --precision; the reference keeps the parity precision")
     asyncio.run(measure(parser.parse_args()))
 
 

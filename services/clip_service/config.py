@@ -28,6 +28,10 @@ class ClipSettings(ServerSettings):
     offline: bool = setting(False, "never try to download weights (air-gapped sites); fail fast if not cached")
     device: str = setting("auto", "where to run: auto (CUDA with fp16 when present), cpu, cuda", choices=(
         "auto", "cpu", "cuda"))
+    precision: str = setting(
+        "auto", "weights and activations: auto (fp16 on CUDA, fp32 on the CPU: the parity-checked choices), fp32, "
+        "fp16 (CUDA only) or bf16 (CPUs with AVX-512 BF16 or AMX, and GPUs; faster, not parity-checked)",
+        choices=("auto", "fp32", "fp16", "bf16"))
     max_batch_size: int = setting(64, "most images in one CLIP forward pass")
     preprocess_threads: int = setting(0, "threads that decode and preprocess the images of a request in parallel "
                                       "(0: one per CPU core, at most 8)")

@@ -18,7 +18,7 @@ import torch
 from services.clip_service.config import ClipSettings
 from services.clip_service.ksm import MIN_FRAMES, Strategy, select_key_frames
 from services.clip_service.model import ClipInfo, ClipModel, load_clip
-from services.clip_service.preprocess import Mode, Preprocessor
+from services.clip_service.preprocess import Mode, Preprocessor, Row, WindowCrop
 from services.clip_service.templates import WINCLIP_TEMPLATES, fill_templates
 from services.common.batching import MicroBatcher
 from services.common.errors import InvalidInput, NotReady
@@ -68,7 +68,7 @@ class ClipEngine:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clip-model")
         self._model: ClipModel | None = None
         self._preprocessor: Preprocessor | None = None
-        self._batcher: MicroBatcher[torch.Tensor, np.ndarray] | None = None
+        self._batcher: MicroBatcher[Row, np.ndarray] | None = None
         self._text_cache: OrderedDict[tuple[TextEncoding, str], np.ndarray] = OrderedDict()
         # Decoding and resizing release the GIL: a segment's frames are prepared side by side.
         threads = settings.preprocess_threads or min(8, os.cpu_count() or 1)
@@ -104,15 +104,14 @@ class ClipEngine:
         return self.model.info
 
     @property
-    def batcher(self) -> MicroBatcher[torch.Tensor, np.ndarray]:
+    def batcher(self) -> MicroBatcher[Row, np.ndarray]:
         if self._batcher is None:
             raise NotReady("clip_service is still loading its model; retry shortly")
         return self._batcher
 
-    def _encode_batch(self, rows: list[torch.Tensor]) -> list[np.ndarray]:
-        device = self._preprocessor.device if self._preprocessor is not None else torch.device("cpu")
-        # Whole images come prepared on the CPU and window crops on the model's device.
-        embeddings = self.model.encode_images(torch.stack([row.to(device) for row in rows]))
+    def _encode_batch(self, rows: list[Row]) -> list[np.ndarray]:
+        assert self._preprocessor is not None
+        embeddings = self.model.encode_images(self._preprocessor.batch(rows))
         return list(embeddings)
 
     # -- texts ----------------------------------------------------------------------
@@ -174,7 +173,7 @@ class ClipEngine:
 
     def _prepare_windows(
         self, images: Sequence[bytes], mode: Mode, specs: Sequence[tuple[int, int]]
-    ) -> tuple[list[torch.Tensor], list[WindowGrid]]:
+    ) -> tuple[list[WindowCrop], list[WindowGrid]]:
         preprocessor = self._preprocessor
         assert preprocessor is not None
         if mode is Mode.CENTER_CROP:
@@ -193,7 +192,7 @@ class ClipEngine:
             raise InvalidInput(f"{total} window crops requested; the limit is "
                                f"{self.settings.max_windows_per_request} per request")
 
-        def windows(rgb: np.ndarray) -> torch.Tensor:
+        def windows(rgb: np.ndarray) -> list[WindowCrop]:
             if rgb.shape[:2] != (height, width):  # equal headers, other pixels (an EXIF rotation)
                 raise InvalidInput(f"images cut into windows must all have the same size, got {width}x{height} "
                                    f"and {rgb.shape[1]}x{rgb.shape[0]}")
@@ -207,12 +206,12 @@ class ClipEngine:
     ) -> ImageEmbeddings:
         batcher = self.batcher
         if windows:
-            rows, grids = await asyncio.to_thread(self._prepare_windows, images, mode, windows)
-            embeddings = np.stack(await batcher.submit(rows))
+            crops, grids = await asyncio.to_thread(self._prepare_windows, images, mode, windows)
+            embeddings = np.stack(await batcher.submit(crops))
             per_image = sum(g.count for g in grids)
             return ImageEmbeddings(embeddings.reshape(len(images), per_image, -1), grids)
-        rows = await asyncio.to_thread(self._prepare_images, images, mode)
-        return ImageEmbeddings(np.stack(await batcher.submit(rows)), [])
+        prepared = await asyncio.to_thread(self._prepare_images, images, mode)
+        return ImageEmbeddings(np.stack(await batcher.submit(prepared)), [])
 
     # -- key frames -----------------------------------------------------------------
     async def select_key_frames(

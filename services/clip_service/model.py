@@ -60,7 +60,7 @@ class ClipModel:
         self._tokenizer = tokenizer
         self.info = info
         self._device = torch.device(info.device)
-        self._dtype = torch.float16 if info.dtype == "float16" else torch.float32
+        self._dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(info.dtype, torch.float32)
         self.mean = tuple(float(v) for v in OPENAI_DATASET_MEAN)
         self.std = tuple(float(v) for v in OPENAI_DATASET_STD)
         self.images_encoded = 0
@@ -87,13 +87,20 @@ class ClipModel:
         return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
 
 
-def _pick_device(choice: str) -> tuple[str, str]:
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _pick_device(choice: str, precision: str = "auto") -> tuple[str, str]:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("clip_service: --device cuda was requested but no CUDA device is visible; "
                              "set ANYANOMALY_CLIP_DEVICE=cpu or auto")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return "cuda", "float16"
-    return "cpu", "float32"
+    device = "cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu"
+    if precision == "fp16" and device == "cpu":
+        raise ModelLoadError("clip_service: --precision fp16 needs CUDA (the CPU has no fast fp16 path); "
+                             "use bf16 or fp32 on the CPU")
+    if precision == "auto":
+        return device, "float16" if device == "cuda" else "float32"
+    return device, DTYPES[precision]
 
 
 @contextlib.contextmanager
@@ -123,8 +130,8 @@ def _missing_weights_message(settings: ClipSettings, error: Exception) -> str:
 
 def load_clip(settings: ClipSettings) -> ClipModel:
     """Build the configured model; ModelLoadError with one actionable message on failure."""
-    device, dtype = _pick_device(settings.device)
-    precision = "fp16" if dtype == "float16" else "fp32"
+    device, dtype = _pick_device(settings.device, settings.precision)
+    precision = {name: short for short, name in DTYPES.items()}[dtype]
     cache_dir = settings.cache_dir or None
     if settings.models == "tiny":
         register_tiny_config()

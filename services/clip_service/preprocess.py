@@ -5,11 +5,16 @@
 - squash: pixels / 255, bilinear resize (align_corners=False) of the whole image
   or of each window to S x S, optionally CLIP mean/std; what the reference feeds
   CLIP for window crops (without mean/std).
+
+Window crops wait for the model as their own uint8 pixels (a WindowCrop: 7-43 KB for the
+ShT windows where a resized float crop is 600 KB) and are resized when their batch is formed,
+those of one size in one op on the model's device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -27,10 +32,21 @@ class Mode(Enum):
     SQUASH_NORMALIZED = "squash_normalized"
 
 
+@dataclass(frozen=True)
+class WindowCrop:
+    """One window, not yet resized: a view of its frame's uint8 pixels."""
+
+    pixels: torch.Tensor  # (3, h, w) uint8
+    normalize: bool  # CLIP mean/std after the resize (SQUASH_NORMALIZED)
+
+
+Row = torch.Tensor | WindowCrop  # what waits in the batcher for the model
+
+
 class Preprocessor:
-    """`device`: where window crops are cut and resized (the model's: on a GPU the resizes of a
-    frame's windows are one batched op there instead of CPU work); whole images are prepared on
-    the CPU (PIL's bicubic resize is the reference's, to the pixel)."""
+    """`device`: the model's; window crops are resized there when their batch is formed (on a
+    GPU one op per window size instead of CPU work). Whole images are prepared on the CPU
+    (PIL's bicubic resize is the reference's, to the pixel)."""
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], device: str = "cpu") -> None:
         self.size = size
@@ -67,15 +83,30 @@ class Preprocessor:
             return tensor
         return self._squash(self._unit_pixels(rgb), mode is Mode.SQUASH_NORMALIZED)[0]
 
-    def windows(self, rgb: np.ndarray, grids: Sequence[WindowGrid], mode: Mode) -> torch.Tensor:
-        """Every window of every grid (row-major, grids in order) -> (L, 3, S, S), on `device`."""
-        pixels = self._unit_pixels(rgb).to(self.device)
+    @staticmethod
+    def windows(rgb: np.ndarray, grids: Sequence[WindowGrid], mode: Mode) -> list[WindowCrop]:
+        """Every window of every grid (row-major, grids in order), to be resized in its batch."""
+        pixels = torch.from_numpy(rgb).permute(2, 0, 1)  # (3, H, W), shares the decoded frame
         normalize = mode is Mode.SQUASH_NORMALIZED
-        parts = []
+        crops = []
         for grid in grids:
-            crops = []
             for index in range(grid.count):
                 top, left, bottom, right = grid.box(index)
-                crops.append(pixels[0, :, top:bottom, left:right])
-            parts.append(self._squash(torch.stack(crops), normalize))
-        return torch.cat(parts)
+                crops.append(WindowCrop(pixels[:, top:bottom, left:right], normalize))
+        return crops
+
+    def batch(self, rows: Sequence[Row]) -> torch.Tensor:
+        """The model's input (B, 3, S, S) on `device`: whole images as prepared, window crops
+        resized here, those of one size and kind in one op."""
+        ready: list[torch.Tensor | None] = [row.to(self.device) if isinstance(row, torch.Tensor) else None
+                                            for row in rows]
+        groups: dict[tuple[int, int, bool], list[int]] = {}
+        for index, row in enumerate(rows):
+            if isinstance(row, WindowCrop):
+                groups.setdefault((row.pixels.shape[1], row.pixels.shape[2], row.normalize), []).append(index)
+        for (_, _, normalize), members in groups.items():
+            pixels = torch.stack([rows[i].pixels for i in members]).to(self.device)  # type: ignore[union-attr]
+            resized = self._squash(pixels.float() / 255, normalize)  # as the reference: float32 / 255, then resize
+            for slot, index in enumerate(members):
+                ready[index] = resized[slot]
+        return torch.stack([row for row in ready if row is not None])

@@ -85,9 +85,15 @@ def test_window_crops_match_the_reference_unfold_path() -> None:
         expected.append(F.interpolate(patches, size=(224, 224), mode="bilinear"))
     grids = layout_grids(strides_for((48, 80, 120), False), 240, 240)
     ours = Preprocessor(224, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
-    assert torch.equal(ours.windows(squashed, grids, Mode.SQUASH), torch.cat(expected))
-    normalized = ours.windows(squashed, grids, Mode.SQUASH_NORMALIZED)
-    assert not torch.allclose(normalized, torch.cat(expected))
+    crops, reference = ours.windows(squashed, grids, Mode.SQUASH), torch.cat(expected)
+    assert [tuple(c.pixels.shape) for c in crops[:1] + crops[-1:]] == [(3, 48, 48), (3, 120, 120)]  # not resized yet
+    assert torch.equal(ours.batch(crops), reference)
+    # A batch mixes requests' rows, whole images and windows of every size: each keeps its place.
+    whole = ours.image(squashed, Mode.CENTER_CROP)
+    mixed = ours.batch([crops[37], whole, crops[0], crops[30]])
+    assert torch.equal(mixed, torch.stack([reference[37], whole, reference[0], reference[30]]))
+    normalized = ours.batch(ours.windows(squashed, grids, Mode.SQUASH_NORMALIZED))
+    assert not torch.allclose(normalized, reference)
 
 
 async def test_select_key_frames_uses_one_image_pass_for_all_texts(tiny_settings: ClipSettings) -> None:
@@ -124,3 +130,15 @@ def test_missing_weights_fail_with_one_message_naming_the_setting(tmp_path: Path
     assert "--models tiny" in str(caught.value)
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_clip(ClipSettings(models="default", weights=str(tmp_path / "nope.pt"), device="cpu"))
+
+
+def test_bf16_precision_is_a_near_copy_of_fp32_and_fp16_needs_cuda(tiny_settings: ClipSettings) -> None:
+    images = torch.rand(6, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    fp32 = load_clip(tiny_settings)
+    bf16 = load_clip(ClipSettings(**{**vars(tiny_settings), "precision": "bf16"}))
+    assert (fp32.info.dtype, bf16.info.dtype) == ("float32", "bfloat16")
+    cosines = (fp32.encode_images(images) * bf16.encode_images(images)).sum(axis=1)
+    assert 0.99 < cosines.min() < 1.0  # close, but not the same numbers: not the parity precision
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="--precision fp16 needs CUDA"):
+            load_clip(ClipSettings(**{**vars(tiny_settings), "precision": "fp16"}))
