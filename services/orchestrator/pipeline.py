@@ -254,15 +254,8 @@ class Detector:
         streams: dict[str, dict[str, StreamScore]] = {}
         contexts_of: dict[str, TextContexts] = {}
         if choices:
-            built_at = time.perf_counter()
-            classes = _classes(params.context_options.preset, texts) if params.cascade_threshold is not None else []
-            contexts = await self.clients.build_contexts(segment.images, choices, params.context_options, classes)
-            scored_at = time.perf_counter()
-            timings.contexts += scored_at - built_at
-            streams, scoring_usage = await self.clients.score(segment.images, choices, contexts, params.score_options)
-            timings.scoring += time.perf_counter() - scored_at
+            streams, contexts_of, scoring_usage = await self._full_scoring(segment, choices, texts, params, timings)
             usage_parts.append(scoring_usage)
-            contexts_of = {t: context for c, context in zip(choices, contexts, strict=True) for t in c.texts}
         results = []
         for text in texts:
             choice = choice_of[text]
@@ -287,6 +280,21 @@ class Detector:
         if params.score_options.mode == lvlm_pb2.SCORE_MODE_FAST and params.reason_threshold is not None:
             results, usage = await self._add_reasons(segment, results, usage, params)
         return self._outcome(segment, results, usage, params, best)
+
+    async def _full_scoring(self, segment: _Segment, choices: list[KeyFrameChoice], texts: list[str],
+                            params: DetectParams, timings: Timings
+                            ) -> tuple[dict[str, dict[str, StreamScore]], dict[str, TextContexts], lvlm_pb2.Usage]:
+        """Contexts, then the three streams of each choice's texts: ({text: {stream: score}},
+        {text: its contexts}, usage)."""
+        built_at = time.perf_counter()
+        # The cascade may leave out texts: the class list of them all keeps the others' contexts.
+        classes = _classes(params.context_options.preset, texts) if params.cascade_threshold is not None else []
+        contexts = await self.clients.build_contexts(segment.images, choices, params.context_options, classes)
+        scored_at = time.perf_counter()
+        timings.contexts += scored_at - built_at
+        streams, usage = await self.clients.score(segment.images, choices, contexts, params.score_options)
+        timings.scoring += time.perf_counter() - scored_at
+        return streams, {t: context for c, context in zip(choices, contexts, strict=True) for t in c.texts}, usage
 
     async def _add_reasons(self, segment: _Segment, results: list[TextResult], usage: lvlm_pb2.Usage,
                            params: DetectParams) -> tuple[list[TextResult], lvlm_pb2.Usage]:

@@ -151,6 +151,10 @@ def test_the_cascade_is_evaluated_with_the_calls_it_saves(evaluated: Path, data_
     assert cascaded["lvlm_work"]["lvlm_calls"] == texts * segments + 3 * (texts * segments - out)
     assert cascaded["settings"]["scoring"]["cascade_threshold"] == 0.5
     assert f"cascade at 0.5 ({out} segment-texts screened out)" in (tmp_path / "report.md").read_text()
+    calls = (plain["lvlm_work"]["lvlm_calls"], cascaded["lvlm_work"]["lvlm_calls"])
+    print(f"\ncascade at 0.5 (ScriptedLVLM, c-avenue 08/20/21): {calls[0]} -> {calls[1]} LVLM calls "
+          f"({1 - calls[1] / calls[0]:.0%} fewer), {out} of {texts * segments} segment-texts screened out; "
+          f"pooled AUROC {plain['pooled_auroc']:.4f} -> {cascaded['pooled_auroc']:.4f}")
     for run_ in cascaded["runs"]:
         if run_["name"] in ("throwing", "running"):
             again = recomputed_auroc(tmp_path / "results", run_["name"], (0.6, 0.3, 0.1), 15.0)
