@@ -34,7 +34,7 @@ class ClipSettings(ServerSettings):
         choices=("auto", "fp32", "fp16", "bf16"))
     max_batch_size: int = setting(64, "most images in one CLIP forward pass")
     preprocess_threads: int = setting(0, "threads that decode and preprocess the images of a request in parallel "
-                                      "(0: one per CPU core, at most 8)")
+                                      "(0: one per CPU core this process may use, at most 8)", minimum=0)
     max_wait_ms: float = setting(5.0, "how long a batch waits for more concurrent requests")
     max_queued_images: int = setting(8192, "images waiting for the model before requests get RESOURCE_EXHAUSTED")
     text_cache_size: int = setting(4096, "text embeddings kept in the LRU cache")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import os
 from collections import OrderedDict
@@ -71,8 +72,9 @@ class ClipEngine:
         self._batcher: MicroBatcher[Row, np.ndarray] | None = None
         self._text_cache: OrderedDict[tuple[TextEncoding, str], np.ndarray] = OrderedDict()
         # Decoding and resizing release the GIL: a segment's frames are prepared side by side.
-        threads = settings.preprocess_threads or min(8, os.cpu_count() or 1)
-        self._preprocess_pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="clip-preprocess")
+        self._threads = settings.preprocess_threads or min(8, len(os.sched_getaffinity(0)))
+        self._preprocess_pool = concurrent.futures.ThreadPoolExecutor(self._threads,
+                                                                      thread_name_prefix="clip-preprocess")
 
     # -- life cycle -----------------------------------------------------------------
     async def load(self) -> None:
@@ -156,14 +158,30 @@ class ClipEngine:
 
     def _in_parallel(self, prepare: Callable[[np.ndarray], T], images: Sequence[bytes], what: str,
                      first: np.ndarray | None = None) -> list[T]:
-        """`prepare` of each decoded image, on the preprocessing threads (so at most that many
-        full-size images are in memory at a time), in order. `first`: images[0], decoded already."""
+        """`prepare` of each decoded image, in order, on the shared preprocessing threads. A request
+        keeps at most as many images in the pool's queue as there are threads, so concurrent
+        requests take turns instead of a large one holding up the rest. `first`: images[0],
+        decoded already."""
         def one(index: int) -> T:
             if index == 0 and first is not None:
                 return prepare(first)
             return prepare(decode_image(images[index], f"{what}[{index}]", self.settings.max_image_pixels))
 
-        return list(self._preprocess_pool.map(one, range(len(images))))
+        results: list[T | None] = [None] * len(images)
+        waiting = iter(range(len(images)))
+        running = {self._preprocess_pool.submit(one, i): i for i in itertools.islice(waiting, self._threads)}
+        try:
+            while running:
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    results[running.pop(future)] = future.result()
+                    following = next(waiting, None)
+                    if following is not None:
+                        running[self._preprocess_pool.submit(one, following)] = following
+        finally:
+            for future in running:
+                future.cancel()
+        return results  # type: ignore[return-value]  # every slot was filled
 
     def _prepare_images(self, images: Sequence[bytes], mode: Mode) -> list[torch.Tensor]:
         preprocessor = self._preprocessor

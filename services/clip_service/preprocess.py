@@ -62,7 +62,9 @@ class Preprocessor:
         ])
 
     def _normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        if batch.device == self.device and self.device.type != "cpu":
+        # By type: the model's "cuda" is the batch's "cuda:0", and a (1, 3, 1, 1) CPU tensor
+        # cannot meet a CUDA one.
+        if batch.device.type == self.device.type and self.device.type != "cpu":
             return (batch - self._device_mean) / self._device_std
         return (batch - self._mean) / self._std
 

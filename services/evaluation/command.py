@@ -12,7 +12,7 @@ from services.common.enums import SCORE_MODE
 from services.common.errors import InvalidInput
 from services.evaluation import datasets
 from services.evaluation.report import ORACLE_MODE, build_report, lvlm_work, write_report
-from services.evaluation.runner import load_plan_results, missing_results, run_detections
+from services.evaluation.runner import check_cached, load_plan_results, missing_results, run_detections
 from services.evaluation.scoring import RunScores, Scoring, oracle_search, score_run
 from services.launcher import EmbeddedStack, StackOptions
 from services.orchestrator.client import scoring_config
@@ -113,6 +113,7 @@ async def run_eval(args: argparse.Namespace, stack_options: StackOptions | None)
     scoring = scoring_for(args)
     options = detect_options(args)
     results_dir = args.results if args.results is not None else args.output_dir / "results"
+    check_cached(plan, results_dir, options, _profile(args))
     todo = missing_results(plan, results_dir)
     if todo and args.results is not None:
         _group, video = todo[0]

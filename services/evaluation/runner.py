@@ -54,6 +54,17 @@ async def run_detections(
         os.replace(partial, path)  # a cancelled run never leaves a half-written result
 
 
+def check_cached(plan: Plan, results_dir: Path, options: orchestrator_pb2.DetectOptions, profile: str) -> None:
+    """Refuse cached results of another configuration before any detection runs (not after hours
+    of detecting the missing ones)."""
+    for group in plan.groups:
+        config = expected_config(plan, group.name, options, profile)
+        for video in group.videos:
+            path = result_path(results_dir, group.name, video)
+            if path.exists():
+                check_config(load_result(path), config)
+
+
 def load_plan_results(plan: Plan, results_dir: Path, options: orchestrator_pb2.DetectOptions, profile: str
                       ) -> dict[str, dict[str, VideoResult]]:
     """{group: {video: result}}, each checked against the configuration."""

@@ -60,10 +60,10 @@ def _round(value: float) -> float:
 
 def scoring_config(options: orchestrator_pb2.DetectOptions) -> dict[str, Any]:
     """How the LVLM side was asked to score (what a cached result must match to be reused)."""
-    mode = options.scoring_mode or options.advanced.scoring.mode or options.scoring.mode
+    nested = options.advanced.scoring if options.advanced.HasField("scoring") else options.scoring  # as the server
     return {
-        "mode": SCORE_MODE.name(mode, "standard"),
-        "multi_text": options.multi_text or options.advanced.scoring.multi_text or options.scoring.multi_text,
+        "mode": SCORE_MODE.name(options.scoring_mode or nested.mode, "standard"),
+        "multi_text": options.multi_text or nested.multi_text,
         "gate_threshold": _round(options.gate_threshold) if options.HasField("gate_threshold") else None,
         "cascade_threshold": _round(options.cascade_threshold) if options.HasField("cascade_threshold") else None,
     }

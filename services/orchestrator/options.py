@@ -61,6 +61,9 @@ def resolve(
     if scoring.multi_text and scoring.mode == lvlm_pb2.SCORE_MODE_FAST:
         raise InvalidInput("the fast mode reads one score per call from token probabilities; use multi_text with "
                            "the standard or reason_first mode")
+    if options.HasField("cascade_threshold") and scoring.multi_text:
+        raise InvalidInput("the cascade screens texts one by one, while multi_text scores all texts in three shared "
+                           "calls (fewer than the screening itself); use one or the other")
     if options.HasField("reason_threshold") and scoring.mode != lvlm_pb2.SCORE_MODE_FAST:
         raise InvalidInput("reason_threshold applies to the fast scoring mode (scoring_mode = SCORE_MODE_FAST), "
                            "whose scores come without reasons")

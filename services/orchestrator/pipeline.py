@@ -62,7 +62,8 @@ class Started:
 
 @dataclass(frozen=True)
 class EvidenceImages:
-    """What the LVLM saw for a text: the key frame, the position and the temporal context."""
+    """What the LVLM saw for a text: the key frame, the position and the temporal context (empty
+    for a text the cascade screened out)."""
 
     key_frame: bytes
     position: bytes
@@ -248,7 +249,9 @@ class Detector:
         usage_parts: list[lvlm_pb2.Usage] = []
         screening: dict[str, StreamScore] = {}
         if params.cascade_threshold is not None:
+            screened_at = time.perf_counter()
             screening, screening_usage = await self._screen(segment, choices, params)
+            timings.scoring += time.perf_counter() - screened_at
             usage_parts.append(screening_usage)
             choices = _passing(choices, screening, params.cascade_threshold)
         streams: dict[str, dict[str, StreamScore]] = {}
@@ -266,8 +269,10 @@ class Detector:
             else:
                 frame, position, temporal = (streams[text].get(s, MISSING) for s in ("frame", "position", "temporal"))
             context = contexts_of.get(text)
-            images = EvidenceImages(segment.images[choice.representative], context.position, context.temporal
-                                    ) if params.keep_images and context is not None else None
+            key_frame = segment.images[choice.representative]
+            # A text screened out was judged on its key frame alone: that is its evidence.
+            images = (EvidenceImages(key_frame, context.position, context.temporal) if context is not None
+                      else EvidenceImages(key_frame, b"", b"")) if params.keep_images else None
             results.append(TextResult(
                 text=text,
                 representative=segment.start + choice.representative,

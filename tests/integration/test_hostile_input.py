@@ -148,6 +148,7 @@ async def test_texts_with_control_and_bidi_characters_are_refused_everywhere(
     ({"gate_threshold": -3.0}, "gate_threshold is a cosine"),
     ({"cascade_threshold": 1.5}, "cascade_threshold is a screening score, 0..1"),
     ({"cascade_threshold": float("nan")}, "cascade_threshold is a screening score"),
+    ({"cascade_threshold": 0.5, "multi_text": True}, "use one or the other"),
 ])
 async def test_out_of_range_detect_options_are_refused_before_any_work(
     scripted: Scripted, tmp_path: Path, options: dict[str, object], message: str

@@ -207,3 +207,28 @@ async def test_a_job_killed_mid_run_resumes_on_restart_with_each_segment_once(tm
     assert [(e.event_id, e.phase, close_to(e.peak_score)) for e in events] == expected
     # Only the segment in flight at the kill was scored twice: the two stored before it were not.
     assert len(stack.lvlm.answers) <= (6 + 2) * calls_per_segment
+
+
+async def test_an_event_on_a_segment_the_cascade_screened_out_keeps_the_key_frame(scripted_live: Scripted,
+                                                                                    tmp_path: Path) -> None:
+    """Such a text was judged on its key frame alone: that frame is its evidence, without contexts."""
+    folder = frame_folder(tmp_path, 96)
+    request = _submit(folder)
+    request.options.cascade_threshold = 1.0  # only a screening score of 1.0 passes
+    async with open_channel(scripted_live.address) as channel:
+        job = await jobs_pb2_grpc.JobsStub(channel).SubmitJob(request)
+        updates = await _watch(scripted_live.address, job.job_id)
+        segments = [u.segment for u in updates if u.WhichOneof("update") == "segment"]
+        screened = {(s.start_seconds, t.text): t.representative for s in segments for t in s.scores if t.screened_out}
+        assert screened
+        checked = 0
+        latest = {u.event.event_id: u.event for u in updates if u.WhichOneof("update") == "event"}
+        for event in latest.values():  # the evidence is the latest peak's
+            if event.has_evidence and (event.peak_seconds, event.text) in screened:
+                evidence = await events_pb2_grpc.EventsStub(channel).GetEvidence(
+                    events_pb2.GetEvidenceRequest(event_id=event.event_id))
+                frame = screened[(event.peak_seconds, event.text)]
+                assert evidence.key_frame.data == sorted(folder.iterdir())[frame].read_bytes()
+                assert not evidence.position_context.data and not evidence.temporal_context.data
+                checked += 1
+    assert checked

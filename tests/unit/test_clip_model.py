@@ -142,3 +142,15 @@ def test_bf16_precision_is_a_near_copy_of_fp32_and_fp16_needs_cuda(tiny_settings
     if not torch.cuda.is_available():
         with pytest.raises(ModelLoadError, match="--precision fp16 needs CUDA"):
             load_clip(ClipSettings(**{**vars(tiny_settings), "precision": "fp16"}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_window_crops_batched_on_cuda_equal_the_cpu_ones() -> None:
+    """The model's device is "cuda", its tensors land on "cuda:0": normalisation must still work."""
+    squashed = np.random.default_rng(4).integers(0, 255, (240, 240, 3), dtype=np.uint8)
+    grids = layout_grids(strides_for((48, 80, 120), False), 240, 240)
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    for mode in (Mode.SQUASH, Mode.SQUASH_NORMALIZED):
+        cpu = Preprocessor(224, mean, std).batch(Preprocessor.windows(squashed, grids, mode))
+        cuda = Preprocessor(224, mean, std, "cuda").batch(Preprocessor.windows(squashed, grids, mode))
+        torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-5, rtol=0)

@@ -290,7 +290,9 @@ class Evidence(_message.Message):
     @_builtins.property
     def key_frame(self) -> _common_pb2.Image: ...
     @_builtins.property
-    def position_context(self) -> _common_pb2.Image: ...
+    def position_context(self) -> _common_pb2.Image:
+        """Empty for a text the cascade screened out (judged on its key frame alone)."""
+
     @_builtins.property
     def temporal_context(self) -> _common_pb2.Image: ...
     def __init__(

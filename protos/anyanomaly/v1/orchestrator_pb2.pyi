@@ -174,7 +174,7 @@ class DetectOptions(_message.Message):
     cascade_threshold: _builtins.float
     """A cascade: each text is first screened by one fast (log-probability) call on its key frame;
     only texts whose screening score reaches this get contexts and the full scoring. A text
-    screened out keeps its screening score in all three streams. Unset: off.
+    screened out keeps its screening score in all three streams. Not with multi_text. Unset: off.
     """
     @_builtins.property
     def fusion_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:

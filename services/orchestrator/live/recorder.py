@@ -43,8 +43,10 @@ class _Candidate:
 
 
 def evidence_files(images: EvidenceImages) -> dict[str, bytes]:
+    """The pictures to keep; a text the cascade screened out has its key frame only."""
     return {f"{name}.{'png' if image_format(data) == 'png' else 'jpg'}": data
-            for name, data in zip(EVIDENCE_FILES, (images.key_frame, images.position, images.temporal), strict=True)}
+            for name, data in zip(EVIDENCE_FILES, (images.key_frame, images.position, images.temporal), strict=True)
+            if data}
 
 
 def _event(change: EventChange, owner: Owner) -> events_pb2.Event:
