@@ -257,7 +257,10 @@ class Detector:
         streams: dict[str, dict[str, StreamScore]] = {}
         contexts_of: dict[str, TextContexts] = {}
         if choices:
-            streams, contexts_of, scoring_usage = await self._full_scoring(segment, choices, texts, params, timings)
+            # In the fast mode the screening call was the key-frame call itself: its score is kept.
+            known = screening if params.score_options.mode == lvlm_pb2.SCORE_MODE_FAST else {}
+            streams, contexts_of, scoring_usage = await self._full_scoring(segment, choices, texts, params, timings,
+                                                                           known)
             usage_parts.append(scoring_usage)
         results = []
         for text in texts:
@@ -287,18 +290,22 @@ class Detector:
         return self._outcome(segment, results, usage, params, best)
 
     async def _full_scoring(self, segment: _Segment, choices: list[KeyFrameChoice], texts: list[str],
-                            params: DetectParams, timings: Timings
+                            params: DetectParams, timings: Timings, known_frames: dict[str, StreamScore]
                             ) -> tuple[dict[str, dict[str, StreamScore]], dict[str, TextContexts], lvlm_pb2.Usage]:
         """Contexts, then the three streams of each choice's texts: ({text: {stream: score}},
-        {text: its contexts}, usage)."""
+        {text: its contexts}, usage). `known_frames`: key-frame scores already in hand."""
         built_at = time.perf_counter()
         # The cascade may leave out texts: the class list of them all keeps the others' contexts.
         classes = _classes(params.context_options.preset, texts) if params.cascade_threshold is not None else []
         contexts = await self.clients.build_contexts(segment.images, choices, params.context_options, classes)
         scored_at = time.perf_counter()
         timings.contexts += scored_at - built_at
-        streams, usage = await self.clients.score(segment.images, choices, contexts, params.score_options)
+        streams, usage = await self.clients.score(segment.images, choices, contexts, params.score_options,
+                                                  known_frames)
         timings.scoring += time.perf_counter() - scored_at
+        for text, score in known_frames.items():
+            if text in streams:
+                streams[text]["frame"] = score
         return streams, {t: context for c, context in zip(choices, contexts, strict=True) for t in c.texts}, usage
 
     async def _add_reasons(self, segment: _Segment, results: list[TextResult], usage: lvlm_pb2.Usage,

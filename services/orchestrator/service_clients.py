@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,14 +136,17 @@ class ServiceClients:
 
     async def score(
         self, frames: Sequence[bytes], choices: Sequence[KeyFrameChoice], contexts: Sequence[TextContexts],
-        options: lvlm_pb2.ScoreOptions,
+        options: lvlm_pb2.ScoreOptions, known_frames: Collection[str] = (),
     ) -> tuple[dict[str, dict[str, StreamScore]], lvlm_pb2.Usage]:
         """All images x texts of a segment in one request: {text: {stream: score}}. Texts that
         share their representative frame share one FRAME item (the engine sees the image once);
-        a joint choice puts all its texts on each of its three images."""
+        a joint choice puts all its texts on each of its three images. `known_frames`: texts whose
+        key-frame score the caller has already (no FRAME call for them)."""
         by_frame: dict[int, list[str]] = {}
         for choice in choices:
-            by_frame.setdefault(choice.representative, []).extend(choice.texts)
+            texts = [t for t in choice.texts if t not in known_frames]
+            if texts:
+                by_frame.setdefault(choice.representative, []).extend(texts)
         items = [lvlm_pb2.ScoreItem(image=common_pb2.Image(data=frames[index]), kind=lvlm_pb2.CONTEXT_KIND_FRAME,
                                     texts=texts) for index, texts in by_frame.items()]
         for choice, context in zip(choices, contexts, strict=True):

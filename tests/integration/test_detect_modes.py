@@ -148,3 +148,14 @@ async def test_the_cascade_scores_fully_only_the_texts_its_screening_lets_throug
         assert result.max_fused == max(t.fused for t in result.scores)
     assert summary.screened_out == out and 0 < out < len(texts) * len(cascaded)
     assert summary.lvlm_usage.calls == len(scripted.lvlm.answers) == len(texts) * 4 + 3 * (len(texts) * 4 - out)
+    # In the fast mode the screening call is the key-frame call: passing texts need two more, and
+    # score what the fast mode without the cascade scores.
+    quick, _ = await run(scripted.stack, folder, texts, sigma=0.0, scoring_mode=lvlm_pb2.SCORE_MODE_FAST,
+                         cascade_threshold=threshold)
+    for result, alone, screened in zip(quick, fast, screening, strict=True):
+        passing = [t for t in texts if screened[t] >= threshold]
+        assert result.lvlm_usage.calls == len(texts) + 2 * len(passing)
+        for text, full in zip(result.scores, alone.scores, strict=True):
+            assert text.screened_out == (text.text not in passing)
+            if not text.screened_out:
+                assert (text.frame, text.position, text.temporal) == (full.frame, full.position, full.temporal)
