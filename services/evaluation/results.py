@@ -58,6 +58,14 @@ def _segment(path: Path, raw: dict[str, Any]) -> SegmentScores:
     return SegmentScores(int(raw["start_frame"]), int(raw["end_frame"]), streams)
 
 
+def _scoring(raw: dict[str, Any]) -> dict[str, Any]:
+    """The recorded scoring configuration; for a result written before it was recorded, the
+    defaults, unless its gated segments show a CLIP gate of unknown threshold."""
+    if "scoring" in raw:
+        return {**DEFAULT_SCORING, **raw["scoring"]}
+    return {**DEFAULT_SCORING, "gate_threshold": "unknown" if raw.get("gated_segments") else None}
+
+
 def load_result(path: Path) -> VideoResult:
     try:
         raw = json.loads(path.read_text())
@@ -70,7 +78,7 @@ def load_result(path: Path) -> VideoResult:
             profile=str(raw.get("profile", "default")),
             preset=str(raw.get("preset", "")),
             segments=tuple(_segment(path, s) for s in raw["segments"]),
-            scoring={**DEFAULT_SCORING, **raw.get("scoring", {})},
+            scoring=_scoring(raw),
             lvlm_calls=int(raw.get("lvlm_usage", {}).get("calls", 0)),
             screened_out=int(raw.get("screened_out", 0)),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,26 @@ def test_window_crops_batched_on_cuda_equal_the_cpu_ones() -> None:
         cpu = Preprocessor(224, mean, std).batch(Preprocessor.windows(squashed, grids, mode))
         cuda = Preprocessor(224, mean, std, "cuda").batch(Preprocessor.windows(squashed, grids, mode))
         torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-5, rtol=0)
+
+
+async def test_requests_take_turns_on_the_preprocessing_threads(tiny_settings: ClipSettings) -> None:
+    """A large request does not hold up a small one that comes just after it."""
+    engine = await loaded_engine(ClipSettings(**{**vars(tiny_settings), "preprocess_threads": 1}))
+    rng = np.random.default_rng(5)
+    frames = [encode_png(rng.integers(0, 255, (360, 640, 3), dtype=np.uint8)) for _ in range(4)]
+    finished: list[str] = []
+    start = threading.Barrier(2)
+
+    def prepare(name: str, images: list[bytes]) -> None:
+        start.wait()
+        engine._prepare_images(images, Mode.CENTER_CROP)
+        finished.append(name)
+
+    large = threading.Thread(target=prepare, args=("large", frames * 30))
+    small = threading.Thread(target=prepare, args=("small", frames))
+    large.start()
+    small.start()
+    large.join()
+    small.join()
+    await engine.close()
+    assert finished == ["small", "large"]

@@ -256,3 +256,14 @@ def test_results_from_another_configuration_are_refused_by_name(tmp_path: Path) 
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(InvalidInput, match=r"junk\.json: not a detection result"):
         load_result(tmp_path / "junk.json")
+    # The scoring configuration: recorded, or for an older result the defaults unless it was gated.
+    check_config(result, ResultConfig(4, ("running",), "default", ""))
+    cascaded = load_result(write_result(tmp_path / "c.json", [(0, 4, {"running": (0.1, 0.1, 0.1)})], 4, scoring={
+        "mode": "standard", "multi_text": False, "gate_threshold": None, "cascade_threshold": 0.5}))
+    with pytest.raises(InvalidInput, match=r"c\.json comes from another configuration: cascade_threshold 0\.5, "
+                                           r"expected None"):
+        check_config(cascaded, ResultConfig(4, ("running",), "default", ""))
+    gated = load_result(write_result(tmp_path / "g.json", [(0, 4, {"running": (0.1, 0.1, 0.1)})], 4,
+                                     gated_segments=1))
+    with pytest.raises(InvalidInput, match=r"gate_threshold 'unknown', expected None"):
+        check_config(gated, ResultConfig(4, ("running",), "default", ""))
