@@ -39,7 +39,8 @@ async def run(quick: bool) -> None:
     heading("1. CLIP side per segment: this project vs the authors' way")
     await clip_side.measure(argparse.Namespace(
         video=DEFAULT_VIDEO, models="tiny" if quick else "random", texts=[1, 5] if quick else [1, 5, 11],
-        repeats=1 if quick else 2, reference_texts=1 if quick else 2, device="cpu"))
+        repeats=1 if quick else 2, reference_texts=1 if quick else 2, device="cpu",
+        precision="auto"))
     heading("2. Detect end to end (tiny CLIP) against the LVLM concurrency bound")
     await end_to_end.print_throughput([200.0] if quick else [200.0, 1000.0])
     heading("3. Peak resident memory per process")

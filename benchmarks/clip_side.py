@@ -161,7 +161,7 @@ def chosen_reference(reference: ReferenceClip, jpegs: list[bytes], text_index: i
 async def measure(args: argparse.Namespace) -> list[Row]:
     jpegs = first_frames(args.video, FRAMES)
     frames = [common_pb2.Image(data=data) for data in jpegs]
-    precision = getattr(args, "precision", "auto")
+    precision = args.precision
     services = await Services.start(args.models, args.device, precision)
     try:
         model: Any = services.engine.model
