@@ -1,7 +1,8 @@
 """Every performance figure in one run on this machine (`make bench`):
 
 1. the CLIP side per segment at k = 1, 5, 11 texts, this project against the authors' way of
-   computing the same contexts (benchmarks.clip_side), as ratios;
+   computing the same contexts (benchmarks.clip_side), as ratios; with window crops (parity) and
+   with dense window features (opt-in, and how far its contexts are from the reference's);
 2. Detect end to end, frames per second with the tiny models and with an LVLM of fixed latency,
    against the LVLM concurrency bound (benchmarks.end_to_end);
 3. peak resident memory of every process for a 1-minute and a 10-minute source (same);
@@ -40,7 +41,7 @@ async def run(quick: bool) -> None:
     await clip_side.measure(argparse.Namespace(
         video=DEFAULT_VIDEO, models="tiny" if quick else "random", texts=[1, 5] if quick else [1, 5, 11],
         repeats=1 if quick else 2, reference_texts=1 if quick else 2, device="cpu",
-        precision="auto"))
+        precision="auto", window_features=["crops", "dense"]))
     heading("2. Detect end to end (tiny CLIP) against the LVLM concurrency bound")
     await end_to_end.print_throughput([200.0] if quick else [200.0, 1000.0])
     heading("3. Peak resident memory per process")

@@ -20,8 +20,13 @@ first, untimed run fills the cache), where the reference encodes every class's 2
 every text and segment as the authors' code does. Both run on the CPU, or both on a GPU in fp16
 (--device cuda).
 
+With --window-features crops dense, each k also gets a row with dense window features (one CLIP
+pass per frame, windows pooled from its patch features; not parity). Its last column says how far
+its contexts are from the reference's: how many texts keep the reference's temporal position, and
+the mean absolute difference of the position contexts in grey levels.
+
     python -m benchmarks.clip_side [--texts 1 5 11] [--repeats 2] [--models random|tiny] [--device cpu|cuda]
-                                   [--precision auto|bf16|...]
+                                   [--precision auto|bf16|...] [--window-features crops dense]
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from services.clip_service.engine import ClipEngine
 from services.clip_service.model import load_clip
 from services.clip_service.server import build_service as build_clip
 from services.common.clients import open_channel
+from services.common.enums import WINDOW_FEATURES
 from services.common.presets import SHTECH_CLASSES, get_preset
 from services.common.server import RunningServer, start_server
 from services.context_service.config import ContextSettings
@@ -64,13 +70,14 @@ def worst_case_key_frames(text_index: int) -> list[int]:
 @dataclass
 class Row:
     texts: int
+    features: str  # window features: crops or dense
     reference_seconds: float
     chosen_seconds: float
     worst_seconds: float
     chosen_forwards: int
     worst_forwards: int
     reference_forwards: int
-    same_contexts: bool
+    same_contexts: str  # "yes", "NO", or for dense how far from the reference
 
 
 class Services:
@@ -99,8 +106,8 @@ class Services:
         await self.clip.shutdown(1.0)
 
 
-async def project_segment(services: Services, frames: list[common_pb2.Image], texts: list[str], worst: bool
-                          ) -> tuple[float, int, Any, Any]:
+async def project_segment(services: Services, frames: list[common_pb2.Image], texts: list[str], worst: bool,
+                          features: str = "crops") -> tuple[float, int, Any, Any]:
     """(seconds, CLIP image forwards, key-frame answer, contexts answer) for one segment."""
     async with open_channel(services.clip.address) as clip_channel, \
             open_channel(services.context.address) as context_channel:
@@ -116,7 +123,8 @@ async def project_segment(services: Services, frames: list[common_pb2.Image], te
                    for i, (text, chosen) in enumerate(zip(texts, selection.selections, strict=True))]
         contexts = await context.BuildContexts(context_pb2.BuildContextsRequest(
             frames=frames, queries=queries,
-            options=context_pb2.ContextOptions(profile=common_pb2.PROFILE_PARITY, preset="shtech")))
+            options=context_pb2.ContextOptions(profile=common_pb2.PROFILE_PARITY, preset="shtech",
+                                               window_features=WINDOW_FEATURES.value(features))))
         seconds = time.perf_counter() - started
     return seconds, services.engine.model.images_encoded - before, selection, contexts
 
@@ -138,6 +146,13 @@ def same(reference: ReferenceRun, selection: Any, context: Any) -> bool:
             and context.grid_position.candidate == reference.contexts.temporal_position
             and int(np.abs(position - reference.contexts.position_context).max()) <= 1
             and int(np.abs(temporal - reference.contexts.temporal_context).max()) <= 1)
+
+
+def distance(reference: ReferenceRun, context: Any) -> tuple[bool, float]:
+    """(the reference's temporal position kept, mean |difference| of the position contexts)."""
+    position = np.asarray(Image.open(io.BytesIO(context.position_context.data)).convert("RGB"), dtype=np.int16)
+    return (context.grid_position.candidate == reference.contexts.temporal_position,
+            float(np.abs(position - reference.contexts.position_context).mean()))
 
 
 def reference_text(reference: ReferenceClip, jpegs: list[bytes], text_index: int) -> tuple[float, ReferenceRun]:
@@ -185,31 +200,39 @@ async def measure(args: argparse.Namespace) -> list[Row]:
         rows = []
         for k in args.texts:
             texts = list(SHTECH_CLASSES[:k])
-            figures, agree = {}, True
-            for worst, runs in ((False, chosen_runs), (True, worst_runs)):
-                timings = []
-                for repeat in range(args.repeats + 1):
-                    seconds, forwards, selection, contexts = await project_segment(services, frames, texts, worst)
-                    if repeat:
-                        timings.append(seconds)
-                figures[worst] = (statistics.median(timings), forwards)
-                agree &= all(same(run, selection.selections[index], contexts.contexts[index])
-                             for index, run in runs.items() if index < k)
-            rows.append(Row(k, reference_seconds * k, figures[False][0], figures[True][0], figures[False][1],
-                            figures[True][1], k * (FRAMES + 38 + 4 * 38), agree))
-            print(table(rows[-1:], header=len(rows) == 1), flush=True)
+            for features in args.window_features:
+                figures, agree, distances = {}, True, []
+                for worst, runs in ((False, chosen_runs), (True, worst_runs)):
+                    timings = []
+                    for repeat in range(args.repeats + 1):
+                        seconds, forwards, selection, contexts = await project_segment(services, frames, texts,
+                                                                                       worst, features)
+                        if repeat:
+                            timings.append(seconds)
+                    figures[worst] = (statistics.median(timings), forwards)
+                    compared = [(run, selection.selections[index], contexts.contexts[index])
+                                for index, run in runs.items() if index < k]
+                    agree &= all(same(*item) for item in compared)
+                    distances += [distance(run, context) for run, _, context in compared]
+                kept = sum(position for position, _ in distances)
+                verdict = "yes" if agree else "NO" if features == "crops" else \
+                    f"{kept}/{len(distances)} grid, PC {statistics.mean(d for _, d in distances):.1f}"
+                rows.append(Row(k, features, reference_seconds * k, figures[False][0], figures[True][0],
+                                figures[False][1], figures[True][1], k * (FRAMES + 38 + 4 * 38), verdict))
+                print(table(rows[-1:], header=len(rows) == 1), flush=True)
         return rows
     finally:
         await services.stop()
 
 
 def table(rows: list[Row], header: bool = True) -> str:
-    lines = [f"{'texts':>5} {'reference s':>12} {'as chosen s':>12} {'ratio':>6} {'worst case s':>13} {'ratio':>6} "
-             f"{'forwards: reference':>20} {'chosen':>7} {'worst':>6} {'same contexts':>14}"] if header else []
-    lines += [f"{r.texts:>5} {r.reference_seconds:>12.2f} {r.chosen_seconds:>12.2f} "
+    lines = [f"{'texts':>5} {'windows':>7} {'reference s':>12} {'as chosen s':>12} {'ratio':>6} "
+             f"{'worst case s':>13} {'ratio':>6} "
+             f"{'forwards: reference':>20} {'chosen':>7} {'worst':>6} {'same contexts':>21}"] if header else []
+    lines += [f"{r.texts:>5} {r.features:>7} {r.reference_seconds:>12.2f} {r.chosen_seconds:>12.2f} "
               f"{r.reference_seconds / r.chosen_seconds:>5.1f}x {r.worst_seconds:>13.2f} "
               f"{r.reference_seconds / r.worst_seconds:>5.1f}x {r.reference_forwards:>20} {r.chosen_forwards:>7} "
-              f"{r.worst_forwards:>6} {'yes' if r.same_contexts else 'NO':>14}" for r in rows]
+              f"{r.worst_forwards:>6} {r.same_contexts:>21}" for r in rows]
     return "\n".join(lines)
 
 
@@ -224,6 +247,8 @@ def main() -> None:
                         help="where both run (cuda: fp16, as clip_service runs there)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="clip_service's --precision; the reference keeps the parity precision")
+    parser.add_argument("--window-features", nargs="+", default=["crops"], choices=WINDOW_FEATURES.choices,
+                        help="crops (parity), dense (one pass per frame), or both: a row each")
     asyncio.run(measure(parser.parse_args()))
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from services.clip_service.config import ClipSettings
+from services.clip_service.dense import pool_windows, pooling_weights
 from services.clip_service.ksm import MIN_FRAMES, Strategy, select_key_frames
 from services.clip_service.model import ClipInfo, ClipModel, load_clip
 from services.clip_service.preprocess import Mode, Preprocessor, Row, WindowCrop
@@ -189,11 +190,10 @@ class ClipEngine:
         self._check(images, "images")
         return self._in_parallel(lambda rgb: preprocessor.image(rgb, mode), images, "images")
 
-    def _prepare_windows(
-        self, images: Sequence[bytes], mode: Mode, specs: Sequence[tuple[int, int]]
-    ) -> tuple[list[WindowCrop], list[WindowGrid]]:
-        preprocessor = self._preprocessor
-        assert preprocessor is not None
+    def _window_layout(self, images: Sequence[bytes], mode: Mode, specs: Sequence[tuple[int, int]]
+                       ) -> tuple[np.ndarray, list[WindowGrid], Callable[[np.ndarray], None]]:
+        """Checks shared by crops and dense windows: the first image decoded, the grids, and a
+        check that a decoded image has the first one's size."""
         if mode is Mode.CENTER_CROP:
             raise InvalidInput("window crops are squashed, not centre-cropped: use PREPROCESS_SQUASH or "
                                "PREPROCESS_SQUASH_NORMALIZED with windows")
@@ -210,19 +210,62 @@ class ClipEngine:
             raise InvalidInput(f"{total} window crops requested; the limit is "
                                f"{self.settings.max_windows_per_request} per request")
 
-        def windows(rgb: np.ndarray) -> list[WindowCrop]:
+        def same_size(rgb: np.ndarray) -> None:
             if rgb.shape[:2] != (height, width):  # equal headers, other pixels (an EXIF rotation)
                 raise InvalidInput(f"images cut into windows must all have the same size, got {width}x{height} "
                                    f"and {rgb.shape[1]}x{rgb.shape[0]}")
+
+        return first, grids, same_size
+
+    def _prepare_windows(
+        self, images: Sequence[bytes], mode: Mode, specs: Sequence[tuple[int, int]]
+    ) -> tuple[list[WindowCrop], list[WindowGrid]]:
+        preprocessor = self._preprocessor
+        assert preprocessor is not None
+        first, grids, same_size = self._window_layout(images, mode, specs)
+
+        def windows(rgb: np.ndarray) -> list[WindowCrop]:
+            same_size(rgb)
             return preprocessor.windows(rgb, grids, mode)
 
         per_image = self._in_parallel(windows, images, "images", first)
         return [row for rows in per_image for row in rows], grids
 
+    def _prepare_dense(
+        self, images: Sequence[bytes], mode: Mode, specs: Sequence[tuple[int, int]]
+    ) -> tuple[list[torch.Tensor], list[WindowGrid], np.ndarray]:
+        """Whole images squashed to the model's input, the grids and their pooling weights."""
+        preprocessor = self._preprocessor
+        assert preprocessor is not None
+        patches = self.model.patch_grid
+        if patches is None:
+            raise InvalidInput(f"dense window features need a ViT CLIP; {self.info.name} has no patch grid: "
+                               "use window crops (WINDOW_FEATURES_CROPS)")
+        first, grids, same_size = self._window_layout(images, mode, specs)
+
+        def whole(rgb: np.ndarray) -> torch.Tensor:
+            same_size(rgb)
+            return preprocessor.image(rgb, mode)
+
+        prepared = self._in_parallel(whole, images, "images", first)
+        return prepared, grids, pooling_weights(grids, first.shape[0], first.shape[1], patches)
+
+    def _encode_dense(self, prepared: list[torch.Tensor]) -> np.ndarray:
+        step = max(1, self.settings.max_batch_size)
+        return np.concatenate([self.model.encode_dense(torch.stack(prepared[i : i + step]))
+                               for i in range(0, len(prepared), step)])
+
     async def embed_images(
-        self, images: Sequence[bytes], mode: Mode, windows: Sequence[tuple[int, int]] = ()
+        self, images: Sequence[bytes], mode: Mode, windows: Sequence[tuple[int, int]] = (), dense: bool = False
     ) -> ImageEmbeddings:
         batcher = self.batcher
+        if dense:
+            if not windows:
+                raise InvalidInput("dense is a way of embedding windows: give the window grids too")
+            prepared, grids, weights = await asyncio.to_thread(self._prepare_dense, images, mode, windows)
+            patch_features = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._encode_dense, prepared)
+            return ImageEmbeddings(pool_windows(patch_features, weights), grids)
         if windows:
             crops, grids = await asyncio.to_thread(self._prepare_windows, images, mode, windows)
             embeddings = np.stack(await batcher.submit(crops))

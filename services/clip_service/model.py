@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.transformer import VisionTransformer
 
 from services.clip_service.config import ClipSettings, forbid_downloads, huggingface_cache
 from services.common.errors import ModelLoadError
@@ -77,6 +79,43 @@ class ClipModel:
             features = features / features.norm(dim=-1, keepdim=True)
         self.images_encoded += int(batch.shape[0])
         return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
+
+    @property
+    def patch_grid(self) -> int | None:
+        """Patches per side of a ViT's input (7 for ViT-B-32 at 224); None for other encoders."""
+        visual = self._model.visual
+        if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
+            return None
+        if not isinstance(visual.transformer.resblocks[-1].attn, torch.nn.MultiheadAttention):
+            return None
+        grid = visual.grid_size
+        return int(grid[0]) if isinstance(grid, tuple) else int(grid)
+
+    def encode_dense(self, batch: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) preprocessed images -> (B, g, g, D) float32 patch features in the joint
+        embedding space, NOT normalised. The last block contributes only its value path (no
+        attention mixing, residual or MLP), as MaskCLIP / ClearCLIP do: the full block's patch
+        outputs are about as image-global as the class token and do not localise."""
+        visual = self._model.visual
+        grid = self.patch_grid
+        assert grid is not None, "encode_dense needs a ViT"
+        with torch.inference_mode():
+            x = visual._embeds(batch.to(self._device, self._dtype))
+            transformer = visual.transformer
+            if not transformer.batch_first:
+                x = x.transpose(0, 1)
+            for block in transformer.resblocks[:-1]:
+                x = block(x)
+            if not transformer.batch_first:
+                x = x.transpose(0, 1)
+            last = transformer.resblocks[-1]
+            width = x.shape[-1]
+            values = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width :],
+                              last.attn.in_proj_bias[2 * width :])
+            tokens = visual.ln_post(last.attn.out_proj(values))[:, 1:]  # drop the class token
+            features = (tokens @ visual.proj).float()
+        self.images_encoded += int(batch.shape[0])
+        return np.ascontiguousarray(features.reshape(batch.shape[0], grid, grid, -1).cpu().numpy())
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts tokenised as-is -> (B, D) float32 features, NOT normalised."""

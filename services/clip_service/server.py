@@ -38,7 +38,7 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
         mode = PREPROCESS.member(request.preprocess, Mode, Mode.CENTER_CROP)
         windows = [(w.size, w.stride) for w in request.windows]
         result = await self._engine.embed_images(
-            [image.data for image in request.images], mode, windows
+            [image.data for image in request.images], mode, windows, dense=request.dense
         )
         layouts = [
             clip_pb2.WindowLayout(size=g.size, stride=g.stride, rows=g.rows, cols=g.cols, offset=g.offset)

@@ -51,6 +51,7 @@ KEY_FRAME_STRATEGY = ContractEnum[common_pb2.KeyFrameStrategy.ValueType](common_
 TEXT_ENCODING = ContractEnum[clip_pb2.TextEncoding.ValueType](clip_pb2.TextEncoding)
 PREPROCESS = ContractEnum[clip_pb2.Preprocess.ValueType](clip_pb2.Preprocess)
 TEMPORAL_SELECTION = ContractEnum[context_pb2.TemporalSelection.ValueType](context_pb2.TemporalSelection)
+WINDOW_FEATURES = ContractEnum[context_pb2.WindowFeatures.ValueType](context_pb2.WindowFeatures)
 CONTEXT_KIND = ContractEnum[lvlm_pb2.ContextKind.ValueType](lvlm_pb2.ContextKind)
 SCORE_MODE = ContractEnum[lvlm_pb2.ScoreMode.ValueType](lvlm_pb2.ScoreMode)
 SCORE_PARSER = ContractEnum[lvlm_pb2.ScoreParser.ValueType](lvlm_pb2.ScoreParser)

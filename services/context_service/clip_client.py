@@ -30,13 +30,15 @@ class ClipClient:
         await self.pool.close()
 
     async def embed_windows(
-        self, images: Sequence[bytes], specs: Sequence[tuple[int, int]], normalize: bool
+        self, images: Sequence[bytes], specs: Sequence[tuple[int, int]], normalize: bool, dense: bool = False
     ) -> tuple[np.ndarray, list[WindowGrid]]:
-        """(num_images, L, D) window embeddings and the grid layouts."""
+        """(num_images, L, D) window embeddings and the grid layouts; `dense`: pooled from one
+        forward per image instead of one per window crop."""
         request = clip_pb2.EmbedImagesRequest(
             images=[common_pb2.Image(data=data) for data in images],
             preprocess=clip_pb2.PREPROCESS_SQUASH_NORMALIZED if normalize else clip_pb2.PREPROCESS_SQUASH,
             windows=[clip_pb2.WindowGrid(size=size, stride=stride) for size, stride in specs],
+            dense=dense,
         )
         response = await self.pool.call(lambda s: s.EmbedImages, request, self._timeout)
         grids = [WindowGrid(g.size, g.stride, g.rows, g.cols, g.offset) for g in response.layouts]

@@ -17,13 +17,19 @@ from services.common.validation import validate_texts
 from services.common.windows import WindowGrid
 from services.context_service.config import ContextSettings
 from services.context_service.grid import all_grids, compose_grid, locate, select_grid, select_position
-from services.context_service.params import GRID_SIZE, OUTPUT_SIZE, ContextParams, TemporalSelection
+from services.context_service.params import (
+    GRID_SIZE,
+    OUTPUT_SIZE,
+    ContextParams,
+    TemporalSelection,
+    WindowFeatures,
+)
 from services.context_service.winclip import attention_map, class_list, minmax, position_context
 
 
 class WindowEmbedder(Protocol):
     async def embed_windows(
-        self, images: Sequence[bytes], specs: Sequence[tuple[int, int]], normalize: bool
+        self, images: Sequence[bytes], specs: Sequence[tuple[int, int]], normalize: bool, dense: bool = False
     ) -> tuple[np.ndarray, list[WindowGrid]]: ...
 
     async def embed_texts(self, texts: Sequence[str], template_ensemble: bool) -> np.ndarray: ...
@@ -152,7 +158,8 @@ class ContextEngine:
         # Everything CLIP must see for this request, in three concurrent calls:
         # all windows of all used frames (one batched call), the class matrix, the raw texts.
         (windows, grids), class_matrix, text_vectors = await asyncio.gather(
-            self.clip.embed_windows(pngs, params.window_specs, params.choices.normalize_windows),
+            self.clip.embed_windows(pngs, params.window_specs, params.choices.normalize_windows,
+                                    dense=params.window_features is WindowFeatures.DENSE),
             self.clip.embed_texts(classes, template_ensemble=True),
             self.clip.embed_texts(texts, template_ensemble=False),
         )

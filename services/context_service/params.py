@@ -33,6 +33,11 @@ PROFILES = {
 }
 
 
+class WindowFeatures(Enum):
+    CROPS = "crops"  # the reference: one CLIP forward per window crop
+    DENSE = "dense"  # one forward per frame, windows pooled from its patch features (not parity)
+
+
 class TemporalSelection(Enum):
     MAX_WINDOW = "max_window"  # the reference: max over the 4 key-frame windows of a position
     GRID_EMBEDDING = "grid_embedding"  # the paper's description: embed each composed grid
@@ -46,6 +51,7 @@ class ContextParams:
     choices: ProfileChoices
     include_attention_map: bool = False
     temporal_selection: TemporalSelection = TemporalSelection.MAX_WINDOW
+    window_features: WindowFeatures = WindowFeatures.CROPS
 
     @property
     def window_specs(self) -> list[tuple[int, int]]:
@@ -63,6 +69,7 @@ def resolve_params(
     class_adaptive: bool | None = None,
     include_attention_map: bool = False,
     temporal_selection: TemporalSelection = TemporalSelection.MAX_WINDOW,
+    window_features: WindowFeatures = WindowFeatures.CROPS,
 ) -> ContextParams:
     if profile not in PROFILES:
         raise InvalidInput(f"unknown profile {echo(profile)}; use one of: {', '.join(PROFILES)}")
@@ -88,4 +95,5 @@ def resolve_params(
         minmax_epsilon=base.minmax_epsilon if minmax_epsilon is None else minmax_epsilon,
         class_adaptive=base.class_adaptive if class_adaptive is None else class_adaptive,
     )
-    return ContextParams(resolved_preset, sizes, half_stride, choices, include_attention_map, temporal_selection)
+    return ContextParams(resolved_preset, sizes, half_stride, choices, include_attention_map, temporal_selection,
+                         window_features)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from anyanomaly.v1 import common_pb2, context_pb2, context_pb2_grpc
 
-from services.common.enums import PROFILE, TEMPORAL_SELECTION
+from services.common.enums import PROFILE, TEMPORAL_SELECTION, WINDOW_FEATURES
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor
 from services.common.tls import ClientTls
 from services.context_service.clip_client import ClipClient
 from services.context_service.config import ContextSettings
 from services.context_service.engine import ContextEngine, Query
-from services.context_service.params import ContextParams, TemporalSelection, resolve_params
+from services.context_service.params import ContextParams, TemporalSelection, WindowFeatures, resolve_params
 
 SERVICE_NAME = context_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
 
@@ -29,6 +29,7 @@ def params_from_proto(options: context_pb2.ContextOptions, default_profile: str 
         include_attention_map=options.include_attention_map,
         temporal_selection=TEMPORAL_SELECTION.member(options.temporal_selection, TemporalSelection,
                                                         TemporalSelection.MAX_WINDOW),
+        window_features=WINDOW_FEATURES.member(options.window_features, WindowFeatures, WindowFeatures.CROPS),
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from anyanomaly.v1 import common_pb2, orchestrator_pb2
 
-from services.common.enums import SCORE_MODE
+from services.common.enums import SCORE_MODE, WINDOW_FEATURES
 from services.common.errors import InvalidInput
 from services.evaluation import datasets
 from services.evaluation.report import ORACLE_MODE, build_report, lvlm_work, write_report
@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cascade", type=float, default=None, metavar="THRESHOLD",
                         help="the detections' cascade (see detect --cascade); the report gives the LVLM calls, to "
                              "set against a run without it")
+    parser.add_argument("--window-features", choices=WINDOW_FEATURES.choices, default="crops",
+                        help="the detections' window features: crops (parity) or dense (see detect "
+                             "--window-features); compare the two reports for its accuracy cost")
     parser.add_argument("--smoothing", choices=("per_video", "concatenated", "causal"), default=None,
                         help="per_video (default), over the concatenation of all videos (parity), or causal (what "
                              "live monitors do: no look-ahead; the report also gives per_video's AUROC, to show "
@@ -84,7 +87,8 @@ def _profile(args: argparse.Namespace) -> str:
 def detect_options(args: argparse.Namespace) -> orchestrator_pb2.DetectOptions:
     profile = common_pb2.PROFILE_PARITY if _profile(args) == "parity" else common_pb2.PROFILE_DEFAULT
     options = orchestrator_pb2.DetectOptions(profile=profile, segment_length=args.segment_length,
-                                             scoring_mode=SCORE_MODE.value(args.mode))
+                                             scoring_mode=SCORE_MODE.value(args.mode),
+                                             window_features=WINDOW_FEATURES.value(args.window_features))
     if args.gate is not None:
         options.gate_threshold = args.gate
     if args.cascade is not None:

@@ -37,7 +37,7 @@ class VideoResult:
 
 # What a result written before the scoring configuration was recorded was made with.
 DEFAULT_SCORING: dict[str, Any] = {"mode": "standard", "multi_text": False, "gate_threshold": None,
-                                   "cascade_threshold": None}
+                                   "cascade_threshold": None, "window_features": "crops"}
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from services.common.enums import (
     SCORE_MODE,
     TAIL_POLICY,
     TEMPORAL_SELECTION,
+    WINDOW_FEATURES,
 )
 from services.common.errors import InvalidInput, StartupError
 from services.evaluation import command as eval_command
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--half-stride", action="store_true", help="overlapping windows (stride = window / 2)")
     detect.add_argument("--grid-selection", choices=TEMPORAL_SELECTION.choices, default=None,
                         help="temporal-context position: max_window (the reference) or grid_embedding (the paper)")
+    detect.add_argument("--window-features", choices=WINDOW_FEATURES.choices, default=None,
+                        help="window features for the position and temporal contexts: crops (the reference, one "
+                             "CLIP pass per window) or dense (one pass per key frame, faster, not parity)")
     detect.add_argument("--fusion-rule", choices=MULTI_TEXT_FUSION.choices, default=None,
                         help="several texts: fuse_then_max (default) or max_then_fuse (the reference)")
     detect.add_argument("--mode", choices=SCORE_MODE.choices, default="standard",
@@ -196,6 +200,8 @@ def _request(args: argparse.Namespace) -> orchestrator_pb2.DetectRequest:
         options.cascade_threshold = args.cascade
     if args.grid_selection is not None:
         options.temporal_selection = TEMPORAL_SELECTION.value(args.grid_selection)
+    if args.window_features is not None:
+        options.window_features = WINDOW_FEATURES.value(args.window_features)
     return orchestrator_pb2.DetectRequest(source=_source(args.source, bool(args.address)), texts=args.texts,
                                           options=options)
 

@@ -21,6 +21,7 @@ from services.common.enums import (
     SCORE_MODE,
     TAIL_POLICY,
     TEMPORAL_SELECTION,
+    WINDOW_FEATURES,
 )
 from services.common.tls import ClientTls
 from services.orchestrator.confinement import redact
@@ -59,13 +60,15 @@ def _round(value: float) -> float:
 
 
 def scoring_config(options: orchestrator_pb2.DetectOptions) -> dict[str, Any]:
-    """How the LVLM side was asked to score (what a cached result must match to be reused)."""
+    """How the scores were asked to be made (what a cached result must match to be reused)."""
     nested = options.advanced.scoring if options.advanced.HasField("scoring") else options.scoring  # as the server
+    context = options.advanced.context if options.advanced.HasField("context") else options.context
     return {
         "mode": SCORE_MODE.name(options.scoring_mode or nested.mode, "standard"),
         "multi_text": options.multi_text or nested.multi_text,
         "gate_threshold": _round(options.gate_threshold) if options.HasField("gate_threshold") else None,
         "cascade_threshold": _round(options.cascade_threshold) if options.HasField("cascade_threshold") else None,
+        "window_features": WINDOW_FEATURES.name(options.window_features or context.window_features, "crops"),
     }
 
 

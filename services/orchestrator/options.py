@@ -14,6 +14,7 @@ from services.common.enums import (
     SCORE_PARSER,
     TAIL_POLICY,
     TEMPORAL_SELECTION,
+    WINDOW_FEATURES,
 )
 from services.common.errors import InvalidInput, echo
 from services.common.presets import get_preset
@@ -98,12 +99,14 @@ def internal_options(options: orchestrator_pb2.DetectOptions, profile: common_pb
     context.half_stride = _one_place("half_stride", options.half_stride, context.half_stride, False)
     context.temporal_selection = _one_place("temporal_selection", options.temporal_selection,
                                             context.temporal_selection, 0)
+    context.window_features = _one_place("window_features", options.window_features, context.window_features, 0)
     scoring.mode = _one_place("scoring_mode", options.scoring_mode, scoring.mode, 0)
     scoring.multi_text = _one_place("multi_text", options.multi_text, scoring.multi_text, False)
     for nested in (context, scoring):
         nested.profile = _one_place("profile", profile, nested.profile, 0)
         nested.preset = _one_place("preset", preset, nested.preset, "")
     TEMPORAL_SELECTION.name(context.temporal_selection, "")
+    WINDOW_FEATURES.name(context.window_features, "")
     SCORE_MODE.name(scoring.mode, "")
     SCORE_PARSER.name(scoring.parser, "")
     return context, scoring

@@ -163,3 +163,37 @@ def test_the_cascade_is_evaluated_with_the_calls_it_saves(evaluated: Path, data_
     other = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--videos", *VIDEOS,
                 "--results", str(tmp_path / "results"), "--output-dir", str(tmp_path / "o"))
     assert other.returncode == 2 and "cascade_threshold 0.5, expected None" in other.stderr
+
+
+def test_dense_window_features_are_evaluated_against_the_crops(
+    evaluated: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """The same detections with dense window features: the same key frames and LVLM calls, other
+    contexts, and an AUROC from its own results next to the crops' (its accuracy cost)."""
+    with FakeOpenAIServer(answer=ScriptedLVLM()) as server:
+        done = run("eval", "--dataset", "c-avenue", "--data-root", str(data_root),
+                   "--labels-root", labels_root(), "--videos", *VIDEOS, "--models", "tiny", "--lvlm-url", server.url,
+                   "--lvlm-model", server.model, "--window-features", "dense", "--output-dir", str(tmp_path),
+                   "--quiet", timeout=600)
+    assert done.returncode == 0, done.stderr
+    crops, dense = (json.loads((folder / "report.json").read_text()) for folder in (evaluated, tmp_path))
+    assert dense["settings"]["scoring"]["window_features"] == "dense"
+    assert dense["lvlm_work"] == crops["lvlm_work"]
+    moved = same = 0
+    for video in VIDEOS:
+        plain, other = (json.loads((folder / "results" / "classes" / f"{video}.json").read_text())["segments"]
+                        for folder in (evaluated, tmp_path))
+        for a, b in zip(plain, other, strict=True):
+            assert a["key_frames"] == b["key_frames"]
+            for text, scores in a["scores"].items():
+                assert b["scores"][text]["frame"] == scores["frame"]  # the key frame is not a context
+                changed = (b["scores"][text]["position"], b["scores"][text]["temporal"]) != \
+                    (scores["position"], scores["temporal"])
+                moved, same = moved + changed, same + (not changed)
+    assert moved > 0
+    print(f"\ndense window features (ScriptedLVLM, c-avenue 08/20/21): contexts' scores moved in {moved} of "
+          f"{moved + same} segment-texts; pooled AUROC crops {crops['pooled_auroc']:.4f}, dense "
+          f"{dense['pooled_auroc']:.4f}")
+    other = run("eval", "--dataset", "c-avenue", "--labels-root", labels_root(), "--videos", *VIDEOS,
+                "--results", str(tmp_path / "results"), "--output-dir", str(tmp_path / "o"))
+    assert other.returncode == 2 and "window_features 'dense', expected 'crops'" in other.stderr

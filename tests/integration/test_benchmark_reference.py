@@ -34,6 +34,13 @@ async def test_the_benchmark_reference_computes_the_services_contexts() -> None:
         for index in range(len(texts)):
             run = clip_side.chosen_reference(reference, jpegs, index)
             assert clip_side.same(run, chosen.selections[index], chosen_contexts.contexts[index]), texts[index]
+        # Dense window features: one forward per distinct frame, contexts near the reference's.
+        _, dense_forwards, _, dense = await clip_side.project_segment(services, frames, texts, worst=True,
+                                                                      features="dense")
+        assert dense_forwards == 24 + 12
+        for index, run in enumerate(runs):
+            assert clip_side.distance(run, contexts.contexts[index])[1] < 0.01  # the crops: the same pictures
+            assert clip_side.distance(run, dense.contexts[index])[1] > 0.5  # dense: other attention maps
         # A wrong temporal position or a changed picture is told apart.
         run = runs[0]
         moved = clip_side.ReferenceRun(ReferenceContexts(

@@ -3,6 +3,7 @@ exercised through the generated stubs on real Avenue frames."""
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import open_clip
 import pytest
@@ -207,3 +208,38 @@ async def test_half_stride_windows_give_115_candidates(
     distinct = len({*selections.selections[0].key_frames, selections.selections[0].representative})
     assert engine.model.images_encoded - before == 115 * distinct  # 81 + 25 + 9 windows per frame
     assert 0 <= response.contexts[0].grid_position.candidate < 115
+
+
+async def test_dense_window_features_take_one_clip_pass_per_frame(
+    clip_server: tuple[RunningServer, ClipEngine], context_server: RunningServer, avenue21_pngs: list[bytes]
+) -> None:
+    running, engine = clip_server
+    selections = await select(running.address, avenue21_pngs, TEXTS)
+    crops_request = context_request(avenue21_pngs, selections)
+    dense_request = context_request(avenue21_pngs, selections)
+    dense_request.options.window_features = context_pb2.WINDOW_FEATURES_DENSE
+    crops = await build(context_server.address, crops_request)
+    before = engine.model.images_encoded
+    dense = await build(context_server.address, dense_request)
+    distinct = {k for s in selections.selections for k in (*s.key_frames, s.representative)}
+    assert engine.model.images_encoded - before == len(distinct)  # not 38 per frame
+    for item, plain in zip(dense.contexts, crops.contexts, strict=True):
+        assert decode_image(item.position_context.data).shape == (224, 224, 3)
+        assert decode_image(item.temporal_context.data).shape == (224, 224, 3)
+        assert 0 <= item.grid_position.candidate < 38
+        attention = from_tensor(item.attention_map)
+        assert attention.min() == 0 and attention.max() <= 1
+        assert not np.allclose(attention, from_tensor(plain.attention_map), atol=0.05)  # other features
+
+
+async def test_dense_windows_without_grids_are_refused_with_a_message(
+    clip_server: tuple[RunningServer, ClipEngine], avenue21_pngs: list[bytes]
+) -> None:
+    running, _ = clip_server
+    request = clip_pb2.EmbedImagesRequest(images=frames_msg(avenue21_pngs[:2]), dense=True,
+                                          preprocess=clip_pb2.PREPROCESS_SQUASH)
+    async with open_channel(running.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await clip_pb2_grpc.ClipServiceStub(channel).EmbedImages(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "give the window grids" in (caught.value.details() or "")

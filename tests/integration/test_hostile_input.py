@@ -145,6 +145,10 @@ async def test_texts_with_control_and_bidi_characters_are_refused_everywhere(
      "scoring_mode is set twice with different values"),
     ({"advanced": orchestrator_pb2.AdvancedOptions(context=context_pb2.ContextOptions(
         temporal_selection=context_pb2.TemporalSelection.ValueType(9)))}, "unknown TemporalSelection value 9"),
+    ({"window_features": context_pb2.WINDOW_FEATURES_DENSE, "advanced": orchestrator_pb2.AdvancedOptions(
+        context=context_pb2.ContextOptions(window_features=context_pb2.WINDOW_FEATURES_CROPS))},
+     "window_features is set twice with different values"),
+    ({"window_features": context_pb2.WindowFeatures.ValueType(7)}, "unknown WindowFeatures value 7"),
     ({"gate_threshold": -3.0}, "gate_threshold is a cosine"),
     ({"cascade_threshold": 1.5}, "cascade_threshold is a screening score, 0..1"),
     ({"cascade_threshold": float("nan")}, "cascade_threshold is a screening score"),

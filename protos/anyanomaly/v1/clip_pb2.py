@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from anyanomaly.v1 import common_pb2 as anyanomaly_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61nyanomaly/v1/clip.proto\x12\ranyanomaly.v1\x1a\x1a\x61nyanomaly/v1/common.proto\"Q\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12-\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1b.anyanomaly.v1.TextEncoding\"?\n\x12\x45mbedTextsResponse\x12)\n\nembeddings\x18\x01 \x01(\x0b\x32\x15.anyanomaly.v1.Tensor\"*\n\nWindowGrid\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\x0e\n\x06stride\x18\x02 \x01(\x05\"\x95\x01\n\x12\x45mbedImagesRequest\x12$\n\x06images\x18\x01 \x03(\x0b\x32\x14.anyanomaly.v1.Image\x12-\n\npreprocess\x18\x02 \x01(\x0e\x32\x19.anyanomaly.v1.Preprocess\x12*\n\x07windows\x18\x03 \x03(\x0b\x32\x19.anyanomaly.v1.WindowGrid\"X\n\x0cWindowLayout\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\x0e\n\x06stride\x18\x02 \x01(\x05\x12\x0c\n\x04rows\x18\x03 \x01(\x05\x12\x0c\n\x04\x63ols\x18\x04 \x01(\x05\x12\x0e\n\x06offset\x18\x05 \x01(\x05\"n\n\x13\x45mbedImagesResponse\x12)\n\nembeddings\x18\x01 \x01(\x0b\x32\x15.anyanomaly.v1.Tensor\x12,\n\x07layouts\x18\x02 \x03(\x0b\x32\x1b.anyanomaly.v1.WindowLayout\"\xcc\x01\n\x16SelectKeyFramesRequest\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.anyanomaly.v1.Image\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x31\n\x08strategy\x18\x03 \x01(\x0e\x32\x1f.anyanomaly.v1.KeyFrameStrategy\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12-\n\npreprocess\x18\x05 \x01(\x0e\x32\x19.anyanomaly.v1.Preprocess\x12\r\n\x05joint\x18\x06 \x01(\x08\"c\n\x11KeyFrameSelection\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\x0erepresentative\x18\x02 \x01(\x05\x12\x12\n\nkey_frames\x18\x03 \x03(\x05\x12\x14\n\x0csimilarities\x18\x04 \x03(\x02\"\x99\x01\n\x17SelectKeyFramesResponse\x12\x34\n\nselections\x18\x01 \x03(\x0b\x32 .anyanomaly.v1.KeyFrameSelection\x12/\n\x05joint\x18\x02 \x01(\x0b\x32 .anyanomaly.v1.KeyFrameSelection\x12\x17\n\x0f\x62\x65st_similarity\x18\x03 \x01(\x02*i\n\x0cTextEncoding\x12\x1d\n\x19TEXT_ENCODING_UNSPECIFIED\x10\x00\x12\x15\n\x11TEXT_ENCODING_RAW\x10\x01\x12#\n\x1fTEXT_ENCODING_TEMPLATE_ENSEMBLE\x10\x02*}\n\nPreprocess\x12\x1a\n\x16PREPROCESS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PREPROCESS_CENTER_CROP\x10\x01\x12\x15\n\x11PREPROCESS_SQUASH\x10\x02\x12 \n\x1cPREPROCESS_SQUASH_NORMALIZED\x10\x03\x32\xe6\x02\n\x0b\x43lipService\x12Q\n\nEmbedTexts\x12 .anyanomaly.v1.EmbedTextsRequest\x1a!.anyanomaly.v1.EmbedTextsResponse\x12T\n\x0b\x45mbedImages\x12!.anyanomaly.v1.EmbedImagesRequest\x1a\".anyanomaly.v1.EmbedImagesResponse\x12`\n\x0fSelectKeyFrames\x12%.anyanomaly.v1.SelectKeyFramesRequest\x1a&.anyanomaly.v1.SelectKeyFramesResponse\x12L\n\x0cGetModelInfo\x12\".anyanomaly.v1.GetModelInfoRequest\x1a\x18.anyanomaly.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61nyanomaly/v1/clip.proto\x12\ranyanomaly.v1\x1a\x1a\x61nyanomaly/v1/common.proto\"Q\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12-\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1b.anyanomaly.v1.TextEncoding\"?\n\x12\x45mbedTextsResponse\x12)\n\nembeddings\x18\x01 \x01(\x0b\x32\x15.anyanomaly.v1.Tensor\"*\n\nWindowGrid\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\x0e\n\x06stride\x18\x02 \x01(\x05\"\xa4\x01\n\x12\x45mbedImagesRequest\x12$\n\x06images\x18\x01 \x03(\x0b\x32\x14.anyanomaly.v1.Image\x12-\n\npreprocess\x18\x02 \x01(\x0e\x32\x19.anyanomaly.v1.Preprocess\x12*\n\x07windows\x18\x03 \x03(\x0b\x32\x19.anyanomaly.v1.WindowGrid\x12\r\n\x05\x64\x65nse\x18\x04 \x01(\x08\"X\n\x0cWindowLayout\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\x0e\n\x06stride\x18\x02 \x01(\x05\x12\x0c\n\x04rows\x18\x03 \x01(\x05\x12\x0c\n\x04\x63ols\x18\x04 \x01(\x05\x12\x0e\n\x06offset\x18\x05 \x01(\x05\"n\n\x13\x45mbedImagesResponse\x12)\n\nembeddings\x18\x01 \x01(\x0b\x32\x15.anyanomaly.v1.Tensor\x12,\n\x07layouts\x18\x02 \x03(\x0b\x32\x1b.anyanomaly.v1.WindowLayout\"\xcc\x01\n\x16SelectKeyFramesRequest\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.anyanomaly.v1.Image\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x31\n\x08strategy\x18\x03 \x01(\x0e\x32\x1f.anyanomaly.v1.KeyFrameStrategy\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12-\n\npreprocess\x18\x05 \x01(\x0e\x32\x19.anyanomaly.v1.Preprocess\x12\r\n\x05joint\x18\x06 \x01(\x08\"c\n\x11KeyFrameSelection\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\x0erepresentative\x18\x02 \x01(\x05\x12\x12\n\nkey_frames\x18\x03 \x03(\x05\x12\x14\n\x0csimilarities\x18\x04 \x03(\x02\"\x99\x01\n\x17SelectKeyFramesResponse\x12\x34\n\nselections\x18\x01 \x03(\x0b\x32 .anyanomaly.v1.KeyFrameSelection\x12/\n\x05joint\x18\x02 \x01(\x0b\x32 .anyanomaly.v1.KeyFrameSelection\x12\x17\n\x0f\x62\x65st_similarity\x18\x03 \x01(\x02*i\n\x0cTextEncoding\x12\x1d\n\x19TEXT_ENCODING_UNSPECIFIED\x10\x00\x12\x15\n\x11TEXT_ENCODING_RAW\x10\x01\x12#\n\x1fTEXT_ENCODING_TEMPLATE_ENSEMBLE\x10\x02*}\n\nPreprocess\x12\x1a\n\x16PREPROCESS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PREPROCESS_CENTER_CROP\x10\x01\x12\x15\n\x11PREPROCESS_SQUASH\x10\x02\x12 \n\x1cPREPROCESS_SQUASH_NORMALIZED\x10\x03\x32\xe6\x02\n\x0b\x43lipService\x12Q\n\nEmbedTexts\x12 .anyanomaly.v1.EmbedTextsRequest\x1a!.anyanomaly.v1.EmbedTextsResponse\x12T\n\x0b\x45mbedImages\x12!.anyanomaly.v1.EmbedImagesRequest\x1a\".anyanomaly.v1.EmbedImagesResponse\x12`\n\x0fSelectKeyFrames\x12%.anyanomaly.v1.SelectKeyFramesRequest\x1a&.anyanomaly.v1.SelectKeyFramesResponse\x12L\n\x0cGetModelInfo\x12\".anyanomaly.v1.GetModelInfoRequest\x1a\x18.anyanomaly.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'anyanomaly.v1.clip_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TEXTENCODING']._serialized_start=1081
-  _globals['_TEXTENCODING']._serialized_end=1186
-  _globals['_PREPROCESS']._serialized_start=1188
-  _globals['_PREPROCESS']._serialized_end=1313
+  _globals['_TEXTENCODING']._serialized_start=1096
+  _globals['_TEXTENCODING']._serialized_end=1201
+  _globals['_PREPROCESS']._serialized_start=1203
+  _globals['_PREPROCESS']._serialized_end=1328
   _globals['_EMBEDTEXTSREQUEST']._serialized_start=71
   _globals['_EMBEDTEXTSREQUEST']._serialized_end=152
   _globals['_EMBEDTEXTSRESPONSE']._serialized_start=154
@@ -43,17 +43,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WINDOWGRID']._serialized_start=219
   _globals['_WINDOWGRID']._serialized_end=261
   _globals['_EMBEDIMAGESREQUEST']._serialized_start=264
-  _globals['_EMBEDIMAGESREQUEST']._serialized_end=413
-  _globals['_WINDOWLAYOUT']._serialized_start=415
-  _globals['_WINDOWLAYOUT']._serialized_end=503
-  _globals['_EMBEDIMAGESRESPONSE']._serialized_start=505
-  _globals['_EMBEDIMAGESRESPONSE']._serialized_end=615
-  _globals['_SELECTKEYFRAMESREQUEST']._serialized_start=618
-  _globals['_SELECTKEYFRAMESREQUEST']._serialized_end=822
-  _globals['_KEYFRAMESELECTION']._serialized_start=824
-  _globals['_KEYFRAMESELECTION']._serialized_end=923
-  _globals['_SELECTKEYFRAMESRESPONSE']._serialized_start=926
-  _globals['_SELECTKEYFRAMESRESPONSE']._serialized_end=1079
-  _globals['_CLIPSERVICE']._serialized_start=1316
-  _globals['_CLIPSERVICE']._serialized_end=1674
+  _globals['_EMBEDIMAGESREQUEST']._serialized_end=428
+  _globals['_WINDOWLAYOUT']._serialized_start=430
+  _globals['_WINDOWLAYOUT']._serialized_end=518
+  _globals['_EMBEDIMAGESRESPONSE']._serialized_start=520
+  _globals['_EMBEDIMAGESRESPONSE']._serialized_end=630
+  _globals['_SELECTKEYFRAMESREQUEST']._serialized_start=633
+  _globals['_SELECTKEYFRAMESREQUEST']._serialized_end=837
+  _globals['_KEYFRAMESELECTION']._serialized_start=839
+  _globals['_KEYFRAMESELECTION']._serialized_end=938
+  _globals['_SELECTKEYFRAMESRESPONSE']._serialized_start=941
+  _globals['_SELECTKEYFRAMESRESPONSE']._serialized_end=1094
+  _globals['_CLIPSERVICE']._serialized_start=1331
+  _globals['_CLIPSERVICE']._serialized_end=1689
 # @@protoc_insertion_point(module_scope)

@@ -158,7 +158,13 @@ class EmbedImagesRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     PREPROCESS_FIELD_NUMBER: _builtins.int
     WINDOWS_FIELD_NUMBER: _builtins.int
+    DENSE_FIELD_NUMBER: _builtins.int
     preprocess: Global___Preprocess.ValueType
+    dense: _builtins.bool
+    """With windows: each window's embedding pooled from the patch features of ONE forward pass
+    over its whole image (the last block's value path, as MaskCLIP), not one forward per
+    window. About 30x fewer forwards; an approximation of the crops, not parity. ViT models only.
+    """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]: ...
     @_builtins.property
@@ -173,10 +179,11 @@ class EmbedImagesRequest(_message.Message):
         images: _abc.Iterable[_common_pb2.Image] | None = ...,
         preprocess: Global___Preprocess.ValueType = ...,
         windows: _abc.Iterable[Global___WindowGrid] | None = ...,
+        dense: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "preprocess", b"preprocess", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dense", b"dense", "images", b"images", "preprocess", b"preprocess", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,27 +25,29 @@ _sym_db = _symbol_database.Default()
 from anyanomaly.v1 import common_pb2 as anyanomaly_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61nyanomaly/v1/context.proto\x12\ranyanomaly.v1\x1a\x1a\x61nyanomaly/v1/common.proto\"\\\n\x0c\x43ontextQuery\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nkey_frames\x18\x02 \x03(\x05\x12\x16\n\x0erepresentative\x18\x03 \x01(\x05\x12\x12\n\nmore_texts\x18\x04 \x03(\t\"\xa5\x03\n\x0e\x43ontextOptions\x12\'\n\x07profile\x18\x01 \x01(\x0e\x32\x16.anyanomaly.v1.Profile\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12\x14\n\x0cwindow_sizes\x18\x03 \x03(\x05\x12\x13\n\x0bhalf_stride\x18\x04 \x01(\x08\x12\x1e\n\x11normalize_windows\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\"\n\x15\x61ttention_logit_scale\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0eminmax_epsilon\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0e\x63lass_adaptive\x18\x08 \x01(\x08H\x03\x88\x01\x01\x12\x1d\n\x15include_attention_map\x18\t \x01(\x08\x12<\n\x12temporal_selection\x18\n \x01(\x0e\x32 .anyanomaly.v1.TemporalSelectionB\x14\n\x12_normalize_windowsB\x18\n\x16_attention_logit_scaleB\x11\n\x0f_minmax_epsilonB\x11\n\x0f_class_adaptive\"\xaf\x01\n\x14\x42uildContextsRequest\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.anyanomaly.v1.Image\x12,\n\x07queries\x18\x02 \x03(\x0b\x32\x1b.anyanomaly.v1.ContextQuery\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12.\n\x07options\x18\x04 \x01(\x0b\x32\x1d.anyanomaly.v1.ContextOptions\"_\n\x0cGridPosition\x12\x11\n\tcandidate\x18\x01 \x01(\x05\x12\x13\n\x0bwindow_size\x18\x02 \x01(\x05\x12\x0b\n\x03row\x18\x03 \x01(\x05\x12\x0b\n\x03\x63ol\x18\x04 \x01(\x05\x12\r\n\x05score\x18\x05 \x01(\x02\"\xdd\x01\n\x0bTextContext\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\x10position_context\x18\x02 \x01(\x0b\x32\x14.anyanomaly.v1.Image\x12.\n\x10temporal_context\x18\x03 \x01(\x0b\x32\x14.anyanomaly.v1.Image\x12,\n\rattention_map\x18\x04 \x01(\x0b\x32\x15.anyanomaly.v1.Tensor\x12\x32\n\rgrid_position\x18\x05 \x01(\x0b\x32\x1b.anyanomaly.v1.GridPosition\"Z\n\x15\x42uildContextsResponse\x12,\n\x08\x63ontexts\x18\x01 \x03(\x0b\x32\x1a.anyanomaly.v1.TextContext\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t*\x81\x01\n\x11TemporalSelection\x12\"\n\x1eTEMPORAL_SELECTION_UNSPECIFIED\x10\x00\x12!\n\x1dTEMPORAL_SELECTION_MAX_WINDOW\x10\x01\x12%\n!TEMPORAL_SELECTION_GRID_EMBEDDING\x10\x02\x32l\n\x0e\x43ontextService\x12Z\n\rBuildContexts\x12#.anyanomaly.v1.BuildContextsRequest\x1a$.anyanomaly.v1.BuildContextsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61nyanomaly/v1/context.proto\x12\ranyanomaly.v1\x1a\x1a\x61nyanomaly/v1/common.proto\"\\\n\x0c\x43ontextQuery\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nkey_frames\x18\x02 \x03(\x05\x12\x16\n\x0erepresentative\x18\x03 \x01(\x05\x12\x12\n\nmore_texts\x18\x04 \x03(\t\"\xdd\x03\n\x0e\x43ontextOptions\x12\'\n\x07profile\x18\x01 \x01(\x0e\x32\x16.anyanomaly.v1.Profile\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12\x14\n\x0cwindow_sizes\x18\x03 \x03(\x05\x12\x13\n\x0bhalf_stride\x18\x04 \x01(\x08\x12\x1e\n\x11normalize_windows\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\"\n\x15\x61ttention_logit_scale\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0eminmax_epsilon\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0e\x63lass_adaptive\x18\x08 \x01(\x08H\x03\x88\x01\x01\x12\x1d\n\x15include_attention_map\x18\t \x01(\x08\x12<\n\x12temporal_selection\x18\n \x01(\x0e\x32 .anyanomaly.v1.TemporalSelection\x12\x36\n\x0fwindow_features\x18\x0b \x01(\x0e\x32\x1d.anyanomaly.v1.WindowFeaturesB\x14\n\x12_normalize_windowsB\x18\n\x16_attention_logit_scaleB\x11\n\x0f_minmax_epsilonB\x11\n\x0f_class_adaptive\"\xaf\x01\n\x14\x42uildContextsRequest\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.anyanomaly.v1.Image\x12,\n\x07queries\x18\x02 \x03(\x0b\x32\x1b.anyanomaly.v1.ContextQuery\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12.\n\x07options\x18\x04 \x01(\x0b\x32\x1d.anyanomaly.v1.ContextOptions\"_\n\x0cGridPosition\x12\x11\n\tcandidate\x18\x01 \x01(\x05\x12\x13\n\x0bwindow_size\x18\x02 \x01(\x05\x12\x0b\n\x03row\x18\x03 \x01(\x05\x12\x0b\n\x03\x63ol\x18\x04 \x01(\x05\x12\r\n\x05score\x18\x05 \x01(\x02\"\xdd\x01\n\x0bTextContext\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\x10position_context\x18\x02 \x01(\x0b\x32\x14.anyanomaly.v1.Image\x12.\n\x10temporal_context\x18\x03 \x01(\x0b\x32\x14.anyanomaly.v1.Image\x12,\n\rattention_map\x18\x04 \x01(\x0b\x32\x15.anyanomaly.v1.Tensor\x12\x32\n\rgrid_position\x18\x05 \x01(\x0b\x32\x1b.anyanomaly.v1.GridPosition\"Z\n\x15\x42uildContextsResponse\x12,\n\x08\x63ontexts\x18\x01 \x03(\x0b\x32\x1a.anyanomaly.v1.TextContext\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t*\x81\x01\n\x11TemporalSelection\x12\"\n\x1eTEMPORAL_SELECTION_UNSPECIFIED\x10\x00\x12!\n\x1dTEMPORAL_SELECTION_MAX_WINDOW\x10\x01\x12%\n!TEMPORAL_SELECTION_GRID_EMBEDDING\x10\x02*g\n\x0eWindowFeatures\x12\x1f\n\x1bWINDOW_FEATURES_UNSPECIFIED\x10\x00\x12\x19\n\x15WINDOW_FEATURES_CROPS\x10\x01\x12\x19\n\x15WINDOW_FEATURES_DENSE\x10\x02\x32l\n\x0e\x43ontextService\x12Z\n\rBuildContexts\x12#.anyanomaly.v1.BuildContextsRequest\x1a$.anyanomaly.v1.BuildContextsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'anyanomaly.v1.context_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TEMPORALSELECTION']._serialized_start=1184
-  _globals['_TEMPORALSELECTION']._serialized_end=1313
+  _globals['_TEMPORALSELECTION']._serialized_start=1240
+  _globals['_TEMPORALSELECTION']._serialized_end=1369
+  _globals['_WINDOWFEATURES']._serialized_start=1371
+  _globals['_WINDOWFEATURES']._serialized_end=1474
   _globals['_CONTEXTQUERY']._serialized_start=74
   _globals['_CONTEXTQUERY']._serialized_end=166
   _globals['_CONTEXTOPTIONS']._serialized_start=169
-  _globals['_CONTEXTOPTIONS']._serialized_end=590
-  _globals['_BUILDCONTEXTSREQUEST']._serialized_start=593
-  _globals['_BUILDCONTEXTSREQUEST']._serialized_end=768
-  _globals['_GRIDPOSITION']._serialized_start=770
-  _globals['_GRIDPOSITION']._serialized_end=865
-  _globals['_TEXTCONTEXT']._serialized_start=868
-  _globals['_TEXTCONTEXT']._serialized_end=1089
-  _globals['_BUILDCONTEXTSRESPONSE']._serialized_start=1091
-  _globals['_BUILDCONTEXTSRESPONSE']._serialized_end=1181
-  _globals['_CONTEXTSERVICE']._serialized_start=1315
-  _globals['_CONTEXTSERVICE']._serialized_end=1423
+  _globals['_CONTEXTOPTIONS']._serialized_end=646
+  _globals['_BUILDCONTEXTSREQUEST']._serialized_start=649
+  _globals['_BUILDCONTEXTSREQUEST']._serialized_end=824
+  _globals['_GRIDPOSITION']._serialized_start=826
+  _globals['_GRIDPOSITION']._serialized_end=921
+  _globals['_TEXTCONTEXT']._serialized_start=924
+  _globals['_TEXTCONTEXT']._serialized_end=1145
+  _globals['_BUILDCONTEXTSRESPONSE']._serialized_start=1147
+  _globals['_BUILDCONTEXTSRESPONSE']._serialized_end=1237
+  _globals['_CONTEXTSERVICE']._serialized_start=1476
+  _globals['_CONTEXTSERVICE']._serialized_end=1584
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,34 @@ grid most similar to the text wins (one more CLIP forward per candidate and text
 """
 Global___TemporalSelection: _TypeAlias = TemporalSelection  # noqa: Y015
 
+class _WindowFeatures:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WindowFeaturesEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WindowFeatures.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WINDOW_FEATURES_UNSPECIFIED: _WindowFeatures.ValueType  # 0
+    """same as CROPS"""
+    WINDOW_FEATURES_CROPS: _WindowFeatures.ValueType  # 1
+    """The reference: every window cropped, resized to CLIP's input size and embedded (parity)."""
+    WINDOW_FEATURES_DENSE: _WindowFeatures.ValueType  # 2
+    """Opt-in and faster: one CLIP pass per frame, each window's feature pooled from the patch
+    features it covers. Approximates the crops' attention map and grid position; not parity.
+    """
+
+class WindowFeatures(_WindowFeatures, metaclass=_WindowFeaturesEnumTypeWrapper):
+    """Where each window's CLIP embedding comes from."""
+
+WINDOW_FEATURES_UNSPECIFIED: WindowFeatures.ValueType  # 0
+"""same as CROPS"""
+WINDOW_FEATURES_CROPS: WindowFeatures.ValueType  # 1
+"""The reference: every window cropped, resized to CLIP's input size and embedded (parity)."""
+WINDOW_FEATURES_DENSE: WindowFeatures.ValueType  # 2
+"""Opt-in and faster: one CLIP pass per frame, each window's feature pooled from the patch
+features it covers. Approximates the crops' attention map and grid position; not parity.
+"""
+Global___WindowFeatures: _TypeAlias = WindowFeatures  # noqa: Y015
+
 @_typing.final
 class ContextQuery(_message.Message):
     """One text and the key frames chosen for it."""
@@ -108,6 +136,7 @@ class ContextOptions(_message.Message):
     CLASS_ADAPTIVE_FIELD_NUMBER: _builtins.int
     INCLUDE_ATTENTION_MAP_FIELD_NUMBER: _builtins.int
     TEMPORAL_SELECTION_FIELD_NUMBER: _builtins.int
+    WINDOW_FEATURES_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     preset: _builtins.str
     """"shtech" (windows 48/80/120, the default), "avenue" (48/80/240) or
@@ -128,6 +157,7 @@ class ContextOptions(_message.Message):
     include_attention_map: _builtins.bool
     """return the 224x224 attention map"""
     temporal_selection: Global___TemporalSelection.ValueType
+    window_features: Global___WindowFeatures.ValueType
     @_builtins.property
     def window_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """with preset "custom"; each <= grid_size"""
@@ -145,10 +175,11 @@ class ContextOptions(_message.Message):
         class_adaptive: _builtins.bool | None = ...,
         include_attention_map: _builtins.bool = ...,
         temporal_selection: Global___TemporalSelection.ValueType = ...,
+        window_features: Global___WindowFeatures.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_attention_logit_scale", b"_attention_logit_scale", "_class_adaptive", b"_class_adaptive", "_minmax_epsilon", b"_minmax_epsilon", "_normalize_windows", b"_normalize_windows", "attention_logit_scale", b"attention_logit_scale", "class_adaptive", b"class_adaptive", "minmax_epsilon", b"minmax_epsilon", "normalize_windows", b"normalize_windows"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attention_logit_scale", b"_attention_logit_scale", "_class_adaptive", b"_class_adaptive", "_minmax_epsilon", b"_minmax_epsilon", "_normalize_windows", b"_normalize_windows", "attention_logit_scale", b"attention_logit_scale", "class_adaptive", b"class_adaptive", "half_stride", b"half_stride", "include_attention_map", b"include_attention_map", "minmax_epsilon", b"minmax_epsilon", "normalize_windows", b"normalize_windows", "preset", b"preset", "profile", b"profile", "temporal_selection", b"temporal_selection", "window_sizes", b"window_sizes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attention_logit_scale", b"_attention_logit_scale", "_class_adaptive", b"_class_adaptive", "_minmax_epsilon", b"_minmax_epsilon", "_normalize_windows", b"_normalize_windows", "attention_logit_scale", b"attention_logit_scale", "class_adaptive", b"class_adaptive", "half_stride", b"half_stride", "include_attention_map", b"include_attention_map", "minmax_epsilon", b"minmax_epsilon", "normalize_windows", b"normalize_windows", "preset", b"preset", "profile", b"profile", "temporal_selection", b"temporal_selection", "window_features", b"window_features", "window_sizes", b"window_sizes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__attention_logit_scale: _TypeAlias = _typing.Literal["attention_logit_scale"]  # noqa: Y015
     _WhichOneofArgType__attention_logit_scale: _TypeAlias = _typing.Literal["_attention_logit_scale", b"_attention_logit_scale"]  # noqa: Y015

@@ -139,6 +139,7 @@ class DetectOptions(_message.Message):
     TEMPORAL_SELECTION_FIELD_NUMBER: _builtins.int
     ADVANCED_FIELD_NUMBER: _builtins.int
     CASCADE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    WINDOW_FEATURES_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     segment_length: _builtins.int
     """N, 0: 24"""
@@ -175,6 +176,10 @@ class DetectOptions(_message.Message):
     """A cascade: each text is first screened by one fast (log-probability) call on its key frame;
     only texts whose screening score reaches this get contexts and the full scoring. A text
     screened out keeps its screening score in all three streams. Not with multi_text. Unset: off.
+    """
+    window_features: _context_pb2.WindowFeatures.ValueType
+    """Where the windows' CLIP features come from: CROPS (parity, the default) or DENSE (one CLIP
+    pass per key frame, faster, an approximation).
     """
     @_builtins.property
     def fusion_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -213,10 +218,11 @@ class DetectOptions(_message.Message):
         temporal_selection: _context_pb2.TemporalSelection.ValueType = ...,
         advanced: Global___AdvancedOptions | None = ...,
         cascade_threshold: _builtins.float | None = ...,
+        window_features: _context_pb2.WindowFeatures.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold", "_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "cascade_threshold", b"cascade_threshold", "context", b"context", "gate_threshold", b"gate_threshold", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold", "_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "cascade_threshold", b"cascade_threshold", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "half_stride", b"half_stride", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "scoring_mode", b"scoring_mode", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "temporal_selection", b"temporal_selection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold", "_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "cascade_threshold", b"cascade_threshold", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "half_stride", b"half_stride", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "scoring_mode", b"scoring_mode", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "temporal_selection", b"temporal_selection", "window_features", b"window_features"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cascade_threshold: _TypeAlias = _typing.Literal["cascade_threshold"]  # noqa: Y015
     _WhichOneofArgType__cascade_threshold: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold"]  # noqa: Y015
@@ -239,8 +245,8 @@ Global___DetectOptions: _TypeAlias = DetectOptions  # noqa: Y015
 
 @_typing.final
 class AdvancedOptions(_message.Message):
-    """The internal services' knobs. Their profile, preset, mode, half_stride, temporal_selection and
-    multi_text are the detection's (a different value here is refused).
+    """The internal services' knobs. Their profile, preset, mode, half_stride, temporal_selection,
+    window_features and multi_text are the detection's (a different value here is refused).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
