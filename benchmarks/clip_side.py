@@ -92,8 +92,9 @@ class Services:
         clip = await start_server(clip_spec, clip_settings)
         try:
             await clip.until_ready()
+            # A worst-case segment at k = 11 takes about a minute on 2 cores: no deadline in the way.
             context_settings = ContextSettings(host="127.0.0.1", port=0, clip_address=clip.address,
-                                               log_level="WARNING")
+                                               clip_timeout_seconds=1800.0, log_level="WARNING")
             context = await start_server(build_context(context_settings)[0], context_settings)
             await context.until_ready()
         except BaseException:
