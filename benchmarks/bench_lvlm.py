@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 
+from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 from benchmarks.timed_llm import TimedLLM
 from services.common.clients import open_channel
 from services.common.images import encode_png

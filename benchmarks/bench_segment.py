@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import cv2
-from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 from services.clip_service.config import ClipSettings
 from services.clip_service.server import build_service as build_clip
 from services.common.clients import open_channel

@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 import open_clip
-from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 from PIL import Image
 
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 from benchmarks.bench_segment import DEFAULT_VIDEO, first_frames
 from benchmarks.reference_clip import ReferenceClip, ReferenceContexts
 from services.clip_service.config import ClipSettings

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 from benchmarks.bench_segment import DEFAULT_VIDEO, first_frames
 from services.clip_service.config import ClipSettings
 from services.clip_service.model import ClipModel

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import av
-from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
+from anyanomaly.launcher import EmbeddedStack, StackOptions
+from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from benchmarks.timed_llm import TimedLLM
 from services.common.clients import open_channel
 from services.common.images import decode_image
-from services.launcher import EmbeddedStack, StackOptions
 
 FRAMES = Path(__file__).resolve().parents[2] / "shared/fixtures/real/ucsd_ped2/testing/frames/04"
 SEGMENTS_IN_FLIGHT = 2  # the orchestrator's --max-segments-in-flight default

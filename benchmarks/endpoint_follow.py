@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from anyanomaly.v1 import lvlm_pb2_grpc
-
 from services.common.balancing import EndpointPool, open_pool
 from services.common.config import set_environment
 from services.common.logs import configure_logging

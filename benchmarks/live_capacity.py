@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anyanomaly.launcher import EmbeddedStack, StackOptions
+from anyanomaly.planning import Site, plan
 from anyanomaly.v1 import monitors_pb2, monitors_pb2_grpc, orchestrator_pb2
-
 from benchmarks.timed_llm import TimedLLM
 from services.common.clients import open_channel
 from services.common.config import set_environment
-from services.launcher import EmbeddedStack, StackOptions
-from services.orchestrator.planning import Site, plan
 
 FRAMES = Path(__file__).resolve().parents[2] / "shared/fixtures/real/ucsd_ped2/testing/frames/04"
 SEGMENT_SECONDS = 24 / 25

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
+from anyanomaly.launcher import EmbeddedStack, StackOptions
+from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from benchmarks.timed_llm import TimedLLM
 from services.common.clients import open_channel
-from services.launcher import EmbeddedStack, StackOptions
 
 FRAMES = Path(__file__).resolve().parents[2] / "shared/fixtures/real/ucsd_ped2/testing/frames/04"
 

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anyanomaly.launcher import EmbeddedStack, StackOptions
 from anyanomaly.v1 import events_pb2, events_pb2_grpc, monitors_pb2, monitors_pb2_grpc, orchestrator_pb2
-
 from benchmarks.timed_llm import TimedLLM
 from services.common.clients import open_channel
-from services.launcher import EmbeddedStack, StackOptions
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures/real"
 VIDEO = FIXTURES / "avenue/testing_videos/08.avi"

@@ -6,7 +6,8 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
-COPY protos ./protos
+COPY anyanomaly/__init__.py ./anyanomaly/
+COPY anyanomaly/v1 ./anyanomaly/v1
 COPY services ./services
 # The project pins what must be pinned (torch, grpcio) in pyproject.toml; the rest are ranges, as in CI.
 # hadolint ignore=DL3013

@@ -1,4 +1,4 @@
-"""Regenerate the committed gRPC code from protos/anyanomaly/v1/*.proto.
+"""Regenerate the committed gRPC code from anyanomaly/v1/*.proto.
 
 Usage: python scripts/gen_protos.py [--out DIR]
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROTO_ROOT = REPO_ROOT / "protos"
+PROTO_ROOT = REPO_ROOT  # the protos are anyanomaly/v1/*.proto, imported by that path
 
 
 def proto_files() -> list[Path]:
@@ -50,7 +50,7 @@ def generate(out_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="output root (default: protos/)")
+    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="output root (default: the repository root)")
     args = parser.parse_args()
     generate(args.out)
     print(f"generated code for {len(proto_files())} proto files under {args.out}", file=sys.stderr)

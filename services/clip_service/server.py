@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
-
 from services.clip_service.config import ClipSettings
 from services.clip_service.engine import ClipEngine, Selection, TextEncoding
 from services.clip_service.ksm import Strategy

@@ -10,7 +10,6 @@ from enum import Enum
 from typing import Any, Generic, TypeVar, cast
 
 from anyanomaly.v1 import clip_pb2, common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
-
 from services.common.errors import InvalidInput
 
 E = TypeVar("E", bound=Enum)

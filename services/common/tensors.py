@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from anyanomaly.v1 import common_pb2
 
+from anyanomaly.v1 import common_pb2
 from services.common.errors import InvalidInput
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 from services.common.balancing import EndpointPool, open_pool
 from services.common.clients import KEEPALIVE_SECONDS
 from services.common.tensors import from_tensor

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from anyanomaly.v1 import common_pb2, context_pb2, context_pb2_grpc
-
 from services.common.enums import PROFILE, TEMPORAL_SELECTION, WINDOW_FEATURES
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tensors import to_tensor

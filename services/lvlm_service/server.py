@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
-
 from services.common.enums import CONTEXT_KIND, PROFILE, SCORE_MODE, SCORE_PARSER
 from services.common.errors import InvalidInput
 from services.common.presets import get_preset

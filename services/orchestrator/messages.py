@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from anyanomaly.v1 import orchestrator_pb2
-
 from services.common.enums import MULTI_TEXT_FUSION, PROFILE, TAIL_POLICY
 from services.orchestrator.pipeline import SegmentOutcome, Started, Summary, TextResult, Update
 from services.orchestrator.service_clients import StreamScore

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2, orchestrator_pb2
-
 from services.common.enums import (
     KEY_FRAME_STRATEGY,
     MULTI_TEXT_FUSION,
@@ -17,9 +16,9 @@ from services.common.enums import (
     WINDOW_FEATURES,
 )
 from services.common.errors import InvalidInput, echo
+from services.common.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS
 from services.common.presets import get_preset
 from services.common.validation import validate_max_tokens
-from services.orchestrator.fusion import DEFAULT_SIGMA, DEFAULT_WEIGHTS
 from services.orchestrator.pipeline import MIN_SEGMENT_FRAMES, DetectParams
 
 DEFAULT_SEGMENT_LENGTH = 24

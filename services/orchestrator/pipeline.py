@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2
 
+from anyanomaly.v1 import common_pb2, context_pb2, lvlm_pb2
 from services.common.errors import InvalidInput, NotReady
-from services.common.presets import get_preset
-from services.orchestrator.fusion import (
+from services.common.fusion import (
     DEFAULT_SIGMA,
     DEFAULT_WEIGHTS,
     expand_to_frames,
@@ -24,7 +23,8 @@ from services.orchestrator.fusion import (
     max_then_fuse,
     smooth,
 )
-from services.orchestrator.live.smoothing import CausalSmoother
+from services.common.presets import get_preset
+from services.common.smoothing import CausalSmoother
 from services.orchestrator.service_clients import KeyFrameChoice, ServiceClients, StreamScore, TextContexts
 from services.orchestrator.sources import DEFAULT_FPS, AsyncFrameSource, Frame
 
@@ -79,7 +79,7 @@ class TextResult:
     position: StreamScore
     temporal: StreamScore
     fused: float
-    causal: float = 0.0  # `fused` smoothed causally (see live/smoothing.py)
+    causal: float = 0.0  # `fused` smoothed causally (see services/common/smoothing.py)
     images: EvidenceImages | None = None  # with DetectParams.keep_images
     screened_out: bool = False  # below the cascade's threshold: the streams carry the screening score
 

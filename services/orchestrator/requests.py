@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from anyanomaly.v1 import orchestrator_pb2
-
 from services.common.errors import InvalidInput
+from services.common.fusion import split_texts
 from services.common.validation import validate_texts
 from services.orchestrator import options as detect_options
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.confinement import SourcePolicy
-from services.orchestrator.fusion import split_texts
 from services.orchestrator.pipeline import DetectParams
 from services.orchestrator.sources import FrameEncoding
 

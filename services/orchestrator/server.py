@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import Counter, Gauge
+
 from anyanomaly.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -23,14 +25,12 @@ from anyanomaly.v1 import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,
 )
-from prometheus_client import Counter, Gauge
-
 from services.common.auth import TokenFile
 from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError, echo
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tls import ClientTls
+from services.common.urls import is_loopback_host
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.confinement import is_loopback_host
 from services.orchestrator.live.access import Live, LiveAccess
 from services.orchestrator.live.events import EventEngine, rules_from_proto
 from services.orchestrator.live.events import to_proto as event_proto

@@ -15,7 +15,6 @@ from anyanomaly.v1 import (
     lvlm_pb2,
     lvlm_pb2_grpc,
 )
-
 from services.common.balancing import EndpointPool, open_pool
 from services.common.clients import KEEPALIVE_SECONDS
 from services.common.enums import CONTEXT_KIND

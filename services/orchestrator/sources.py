@@ -27,11 +27,12 @@ from typing import Protocol
 import av
 import cv2
 import numpy as np
-from anyanomaly.v1 import orchestrator_pb2
 
+from anyanomaly.v1 import orchestrator_pb2
 from services.common.errors import InvalidInput, echo
 from services.common.images import decode_image, encode_jpeg, encode_png, header_size, image_format
-from services.orchestrator.confinement import ANY_SOURCE, SourcePolicy, redact
+from services.common.urls import redact
+from services.orchestrator.confinement import ANY_SOURCE, SourcePolicy
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.orchestrator.cli import main
+from anyanomaly.cli import main
 from tests.helpers.fixtures import REPO_ROOT
 from tests.helpers.processes import die_with_this_process
 

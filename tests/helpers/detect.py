@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 from anyanomaly.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-
 from services.common.clients import open_channel
 from tests.helpers.fixtures import fixtures_root
 

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from anyanomaly.v1 import orchestrator_pb2
 from scipy.ndimage import gaussian_filter1d
+
+from anyanomaly.v1 import orchestrator_pb2
 
 STREAMS = ("frame", "position", "temporal")
 KINDS = {"frame": "P", "position": "P", "temporal": "P*"}  # the prompt each stream is asked with

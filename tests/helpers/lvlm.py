@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 
+from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 from services.common.clients import open_channel
 from services.common.images import encode_png
 from services.common.server import RunningServer

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from anyanomaly.v1 import orchestrator_pb2
 from prometheus_client import REGISTRY
 
+from anyanomaly.v1 import orchestrator_pb2
 from tests.conftest import scripted_stack
 from tests.helpers.detect import detect, frame_folder, split
 

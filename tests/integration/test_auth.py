@@ -14,6 +14,9 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from anyanomaly.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -24,9 +27,6 @@ from anyanomaly.v1 import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from services.common.auth import new_token, token_hash
 from services.common.clients import open_channel
 from services.common.tls import ClientTls

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
-from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 from PIL import Image
 
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 from services.clip_service.engine import ClipEngine
 from services.common.clients import open_channel
 from services.common.server import RunningServer

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from anyanomaly.v1 import clip_pb2_grpc, common_pb2
 
+from anyanomaly.v1 import clip_pb2_grpc, common_pb2
 from services.common import balancing
 from services.common.balancing import RETRIED, EndpointPool, open_pool
 from services.common.clients import open_channel

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import open_clip
-from anyanomaly.v1 import common_pb2
 
+from anyanomaly.v1 import common_pb2
 from benchmarks import clip_side
 from benchmarks.bench_segment import DEFAULT_VIDEO, first_frames
 from benchmarks.reference_clip import ReferenceClip, ReferenceContexts

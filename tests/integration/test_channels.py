@@ -10,8 +10,8 @@ from typing import Any
 
 import grpc
 import pytest
-from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 from services.clip_service.engine import ClipEngine, ImageEmbeddings, KeyFrameResult
 from services.clip_service.server import build_service as build_clip
 from services.common.clients import open_channel

@@ -7,8 +7,8 @@ import grpc
 import numpy as np
 import open_clip
 import pytest
-from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2, context_pb2, context_pb2_grpc
 from services.clip_service.engine import ClipEngine
 from services.clip_service.model import TINY_MODEL_NAME
 from services.common.clients import open_channel

@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
-from anyanomaly.v1 import monitors_pb2, monitors_pb2_grpc, orchestrator_pb2
 
+from anyanomaly.v1 import monitors_pb2, monitors_pb2_grpc, orchestrator_pb2
 from services.common.clients import open_channel
 from tests.conftest import scripted_stack
 from tests.helpers.detect import detect, frame_folder, split

@@ -21,9 +21,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from anyanomaly.v1 import orchestrator_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from anyanomaly.v1 import orchestrator_pb2
 from services.common.clients import open_channel
 from services.common.images import encode_jpeg
 from tests.conftest import scripted_stack

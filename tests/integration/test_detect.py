@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from anyanomaly.v1 import common_pb2, orchestrator_pb2
 
+from anyanomaly.v1 import common_pb2, orchestrator_pb2
 from tests.conftest import Scripted
 from tests.helpers import expected
 from tests.helpers.detect import detect, frame_folder, ped2_frames, split

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest_asyncio
-from anyanomaly.v1 import lvlm_pb2, orchestrator_pb2
 
+from anyanomaly.v1 import lvlm_pb2, orchestrator_pb2
 from tests.conftest import Scripted
 from tests.helpers import expected
 from tests.helpers.detect import detect, frame_folder, split

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
-from anyanomaly.v1 import common_pb2, events_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
+from anyanomaly.v1 import common_pb2, events_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.clients import open_channel
 from services.common.images import encode_jpeg
 from tests.conftest import Scripted

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from anyanomaly.v1 import orchestrator_pb2
 from kmock import KubernetesError, action
 
+from anyanomaly.v1 import orchestrator_pb2
 from services.common.discovery import EndpointSliceWatcher, KubernetesTarget
 from services.orchestrator.pipeline import Detector
 from tests.helpers.detect import detect, frame_folder, split

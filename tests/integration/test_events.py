@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 import pytest
-from anyanomaly.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc, orchestrator_pb2
 
+from anyanomaly.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc, orchestrator_pb2
 from services.common.clients import open_channel
 from tests.conftest import Scripted, scripted_stack
 from tests.helpers.detect import frame_folder

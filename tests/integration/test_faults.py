@@ -17,9 +17,9 @@ from typing import Any
 
 import grpc
 import pytest
-from anyanomaly.v1 import orchestrator_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from anyanomaly.v1 import orchestrator_pb2
 from services.common.clients import failed_service, open_channel
 from tests.conftest import scripted_stack
 from tests.helpers.detect import detect, frame_folder, split

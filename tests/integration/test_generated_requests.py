@@ -14,6 +14,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from anyanomaly.v1 import (
     clip_pb2,
     context_pb2,
@@ -23,12 +29,6 @@ from anyanomaly.v1 import (
     monitors_pb2,
     orchestrator_pb2,
 )
-from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import scripted_stack
 from tests.helpers.detect import frame_folder
 from tests.helpers.protobuf_strategies import messages

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
+
 from anyanomaly.v1 import (
     clip_pb2,
     clip_pb2_grpc,
@@ -25,7 +26,6 @@ from anyanomaly.v1 import (
     lvlm_pb2_grpc,
     orchestrator_pb2,
 )
-
 from services.clip_service.engine import ClipEngine
 from services.common.clients import open_channel
 from services.common.images import encode_jpeg, encode_png

@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
-from anyanomaly.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc, orchestrator_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from anyanomaly.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc, orchestrator_pb2
 from services.common.clients import open_channel
 from services.orchestrator.live.events import PHASES, EventEngine, rules_from_proto
 from services.orchestrator.messages import outcome_from_proto

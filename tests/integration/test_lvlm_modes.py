@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 import pytest
-from anyanomaly.v1 import common_pb2, lvlm_pb2
 from prometheus_client import REGISTRY
 
+from anyanomaly.v1 import common_pb2, lvlm_pb2
 from services.lvlm_service.prompts import score_schema
 from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text
 from tests.helpers.lvlm import IMAGE, openai_lvlm, score, segment_items

@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 from prometheus_client import REGISTRY
 
+from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 from services.common.clients import open_channel
 from services.common.images import encode_jpeg, encode_png, header_size
 from tests.helpers.fake_openai_server import FakeOpenAIServer, Reply, prompt_text

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 
+from anyanomaly.v1 import common_pb2, lvlm_pb2, lvlm_pb2_grpc
 from services.common.clients import open_channel
 from services.common.errors import ModelLoadError
 from services.lvlm_service.backends.base import Prompt

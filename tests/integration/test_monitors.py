@@ -16,9 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
-from anyanomaly.v1 import events_pb2, events_pb2_grpc, monitors_pb2, monitors_pb2_grpc, orchestrator_pb2
 from google.protobuf.message import Message
 
+from anyanomaly.v1 import events_pb2, events_pb2_grpc, monitors_pb2, monitors_pb2_grpc, orchestrator_pb2
 from services.common.clients import open_channel
 from services.orchestrator.store.store import Store
 from tests.conftest import Scripted, scripted_stack

@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from anyanomaly.v1 import clip_pb2, clip_pb2_grpc, common_pb2
 from services.clip_service.engine import ClipEngine
 from services.clip_service.server import build_service
 from services.common.clients import open_channel

@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
-from anyanomaly.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc, monitors_pb2, orchestrator_pb2
 
+from anyanomaly.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc, monitors_pb2, orchestrator_pb2
 from services.common.clients import open_channel
 from services.orchestrator.store.store import NewEvent, Store
 from tests.conftest import scripted_stack

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anyanomaly.v1 import events_pb2, jobs_pb2, monitors_pb2, orchestrator_pb2
 
-from services.orchestrator.confinement import redact
+from anyanomaly.v1 import events_pb2, jobs_pb2, monitors_pb2, orchestrator_pb2
+from services.common.urls import redact
 from services.orchestrator.store.database import DuplicateKey, Transaction
 from services.orchestrator.store.migrations import MIGRATIONS, migrate
 from services.orchestrator.store.store import EventFilter, NewEvent, Store

@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from anyanomaly.v1 import (
     clip_pb2_grpc,
     common_pb2,
@@ -22,8 +24,6 @@ from anyanomaly.v1 import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from services.clip_service.server import build_service as build_clip
 from services.common import balancing
 from services.common.clients import open_channel

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from anyanomaly.v1 import events_pb2, jobs_pb2, monitors_pb2, orchestrator_pb2
 
+from anyanomaly.v1 import events_pb2, jobs_pb2, monitors_pb2, orchestrator_pb2
 from services.common.auth import SCOPES, Grant, Grants, TokenFile, method_scope, new_token, parse_grants, token_hash
 from services.common.errors import PermissionDenied, StartupError, Unauthenticated
 

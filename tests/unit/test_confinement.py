@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidInput, PermissionDenied
-from services.orchestrator.confinement import SourcePolicy, redact
+from services.common.urls import redact
+from services.orchestrator.confinement import SourcePolicy
 
 
 def policy(tmp_path: Path, media_roots: str = "", allow_hosts: str = "", host: str = "0.0.0.0",

@@ -12,12 +12,12 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 from sklearn.metrics import roc_auc_score
 
+from anyanomaly.evaluation import datasets
+from anyanomaly.evaluation.labels import load_labels
+from anyanomaly.evaluation.report import ORACLE_MODE, build_report, markdown
+from anyanomaly.evaluation.results import ResultConfig, check_config, load_result
+from anyanomaly.evaluation.scoring import Scoring, oracle_search, oracle_weight_grid, score_run, segment_score
 from services.common.errors import InvalidInput
-from services.evaluation import datasets
-from services.evaluation.labels import load_labels
-from services.evaluation.report import ORACLE_MODE, build_report, markdown
-from services.evaluation.results import ResultConfig, check_config, load_result
-from services.evaluation.scoring import Scoring, oracle_search, oracle_weight_grid, score_run, segment_score
 from tests.helpers.fixtures import fixtures_root
 
 

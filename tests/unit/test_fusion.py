@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from services.orchestrator.fusion import expand_to_frames, fuse, max_over_texts, smooth, split_texts
+from services.common.fusion import expand_to_frames, fuse, max_over_texts, smooth, split_texts
 
 
 def test_fuse_uses_the_default_weights_0_6_0_3_0_1() -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidInput
+from services.common.smoothing import CausalSmoother, causal_smooth
 from services.orchestrator.live.rules import EventChange, EventTracker, Observation, Phase, Rule, make_rule, rules_for
-from services.orchestrator.live.smoothing import CausalSmoother, causal_smooth
 
 
 def run(scores: list[float], rule: Rule, seconds: float = 1.0) -> list[tuple[str, float, float, float]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.orchestrator.cli import main
-from services.orchestrator.planning import Site, calls_per_segment, from_benchmark, plan
+from anyanomaly.cli import main
+from anyanomaly.planning import Site, calls_per_segment, from_benchmark, plan
 
 
 def test_ten_cameras_two_texts_standard() -> None:

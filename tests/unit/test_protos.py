@@ -13,7 +13,7 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 def test_committed_generated_code_is_current(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "scripts/gen_protos.py", "--out", str(tmp_path)], cwd=REPO_ROOT, check=True)
-    committed_dir = REPO_ROOT / "protos" / "anyanomaly" / "v1"
+    committed_dir = REPO_ROOT / "anyanomaly" / "v1"
     protos = sorted(p.stem for p in committed_dir.glob("*.proto"))
     assert protos == ["clip", "common", "context", "events", "jobs", "lvlm", "monitors", "orchestrator"]
     for stem in protos:

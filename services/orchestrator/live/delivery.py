@@ -23,13 +23,14 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
-from anyanomaly.v1 import events_pb2, monitors_pb2
 
+from anyanomaly.v1 import events_pb2, monitors_pb2
 from services.common.errors import InvalidInput, ServiceError, echo
-from services.orchestrator.confinement import redact
+from services.common.event_document import event_json
+from services.common.urls import redact
 from services.orchestrator.live.notify import Changes
 from services.orchestrator.store.store import EventFilter, Store
 
@@ -38,22 +39,6 @@ SIGNATURE_HEADER = "X-AnyAnomaly-Signature"
 TIMESTAMP_HEADER = "X-AnyAnomaly-Timestamp"
 EVENT_ID_HEADER = "X-AnyAnomaly-Event-Id"
 MAX_BACKOFF_SECONDS = 300.0
-PHASE_NAMES = {events_pb2.EVENT_PHASE_OPEN: "OPEN", events_pb2.EVENT_PHASE_UPDATE: "UPDATE",
-               events_pb2.EVENT_PHASE_CLOSE: "CLOSE"}
-
-
-def event_json(event: events_pb2.Event, monitor_name: str = "") -> dict[str, Any]:
-    """The event as integrators receive it (webhooks, MQTT, JSON lines, `--json`)."""
-    return {
-        "event_id": event.event_id, "cursor": event.cursor, "phase": PHASE_NAMES.get(event.phase, "UNSPECIFIED"),
-        "monitor_id": event.monitor_id, "monitor_name": monitor_name, "job_id": event.job_id, "text": event.text,
-        "start_seconds": round(event.start_seconds, 3), "end_seconds": round(event.end_seconds, 3),
-        "start_wall_ms": event.start_wall_ms, "end_wall_ms": event.end_wall_ms,
-        "peak_score": round(float(event.peak_score), 6), "peak_seconds": round(event.peak_seconds, 3),
-        "reason": event.reason, "has_evidence": event.has_evidence, "created_ms": event.created_ms,
-    }
-
-
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from anyanomaly.v1 import events_pb2
-
 from services.common.errors import InvalidInput, echo
 from services.orchestrator.live.rules import EventChange, EventTracker, Observation, Phase, Rule, make_rule, rules_for
 from services.orchestrator.pipeline import SegmentOutcome

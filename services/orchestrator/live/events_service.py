@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from anyanomaly.v1 import common_pb2, events_pb2, events_pb2_grpc
-
 from services.common.errors import InvalidInput, NotFound, NotReady, echo
 from services.common.server import RpcContext
 from services.orchestrator.live.access import LiveAccess

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from anyanomaly.v1 import jobs_pb2, jobs_pb2_grpc, orchestrator_pb2
-
 from services.common.errors import (
     Cancelled,
     FailedPrecondition,

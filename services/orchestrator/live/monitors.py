@@ -19,12 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from anyanomaly.v1 import events_pb2, monitors_pb2, monitors_pb2_grpc
-
 from services.common.errors import DependencyUnavailable, InvalidInput, NotFound, Overloaded, ServiceError, echo
 from services.common.interceptors import current_caller
 from services.common.server import RpcContext
+from services.common.urls import redact
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.confinement import redact
 from services.orchestrator.live.access import LiveAccess
 from services.orchestrator.live.delivery import DeliveryWorker, check_targets
 from services.orchestrator.live.events import EventEngine, rules_from_proto

@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 
 from anyanomaly.v1 import events_pb2
-
 from services.common.images import image_format
 from services.orchestrator.live.events import EventEngine, to_proto
 from services.orchestrator.live.rules import EventChange

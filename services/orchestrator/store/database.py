@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from services.common.errors import ServiceError
-from services.orchestrator.confinement import redact
+from services.common.urls import redact
 
 T = TypeVar("T")
 Row = tuple[Any, ...]

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from anyanomaly.v1 import events_pb2, jobs_pb2, monitors_pb2
-
 from services.orchestrator.store.database import Database, Transaction, open_postgres, open_sqlite
 from services.orchestrator.store.migrations import migrate
 

@@ -10,9 +10,9 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from tqdm import tqdm
 
+from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.clients import open_channel
 from services.common.enums import (
     KEY_FRAME_STRATEGY,
@@ -24,7 +24,7 @@ from services.common.enums import (
     WINDOW_FEATURES,
 )
 from services.common.tls import ClientTls
-from services.orchestrator.confinement import redact
+from services.common.urls import redact
 
 STREAMS = ("frame", "position", "temporal")  # the stream fields of TextSegmentScore
 RANDOM_WEIGHTS_WARNING = "tiny random-weight models were used: these scores are meaningless (smoke run)"

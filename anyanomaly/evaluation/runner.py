@@ -8,13 +8,13 @@ import json
 import os
 from pathlib import Path
 
-from anyanomaly.v1 import orchestrator_pb2
 from tqdm import tqdm
 
+from anyanomaly.evaluation.datasets import Plan
+from anyanomaly.evaluation.results import ResultConfig, VideoResult, check_config, load_result, result_path
+from anyanomaly.results import detect_document, scoring_config
+from anyanomaly.v1 import orchestrator_pb2
 from services.common.errors import InvalidInput
-from services.evaluation.datasets import Plan
-from services.evaluation.results import ResultConfig, VideoResult, check_config, load_result, result_path
-from services.orchestrator.client import detect_document, scoring_config
 
 
 def missing_results(plan: Plan, results_dir: Path) -> list[tuple[str, str]]:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from anyanomaly.evaluation.datasets import Run
+from anyanomaly.evaluation.results import SegmentScores, VideoResult
 from services.common.errors import InvalidInput
-from services.evaluation.datasets import Run
-from services.evaluation.results import SegmentScores, VideoResult
-from services.orchestrator.fusion import fuse, max_then_fuse, smooth
-from services.orchestrator.live.smoothing import causal_smooth
+from services.common.fusion import fuse, max_then_fuse, smooth
+from services.common.smoothing import causal_smooth
 
 ORACLE_SIGMAS = tuple(range(1, 30))  # the authors' search: 1..29
 

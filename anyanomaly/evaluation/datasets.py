@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anyanomaly.evaluation.labels import Labels, load_labels
 from services.common.errors import InvalidInput
 from services.common.presets import AVENUE_CLASSES, SHTECH_CLASSES
-from services.evaluation.labels import Labels, load_labels
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".webm")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from services.evaluation.datasets import CATEGORIES, Plan
-from services.evaluation.results import VideoResult
-from services.evaluation.scoring import RunScores, auroc
+from anyanomaly.evaluation.datasets import CATEGORIES, Plan
+from anyanomaly.evaluation.results import VideoResult
+from anyanomaly.evaluation.scoring import RunScores, auroc
 
 ORACLE_MODE = "oracle (tuned on test labels)"
 FIXED_MODE = "fixed hyperparameters"

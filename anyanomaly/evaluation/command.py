@@ -6,16 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from anyanomaly.evaluation import datasets
+from anyanomaly.evaluation.report import ORACLE_MODE, build_report, lvlm_work, write_report
+from anyanomaly.evaluation.runner import check_cached, load_plan_results, missing_results, run_detections
+from anyanomaly.evaluation.scoring import RunScores, Scoring, oracle_search, score_run
+from anyanomaly.launcher import EmbeddedStack, StackOptions
+from anyanomaly.results import scoring_config
 from anyanomaly.v1 import common_pb2, orchestrator_pb2
-
 from services.common.enums import SCORE_MODE, WINDOW_FEATURES
 from services.common.errors import InvalidInput
-from services.evaluation import datasets
-from services.evaluation.report import ORACLE_MODE, build_report, lvlm_work, write_report
-from services.evaluation.runner import check_cached, load_plan_results, missing_results, run_detections
-from services.evaluation.scoring import RunScores, Scoring, oracle_search, score_run
-from services.launcher import EmbeddedStack, StackOptions
-from services.orchestrator.client import scoring_config
 
 DATASETS = ("c-shtech", "c-avenue", "shtech", "avenue", "custom")
 

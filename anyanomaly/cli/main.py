@@ -25,8 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from anyanomaly.v1 import common_pb2, orchestrator_pb2
 
+from anyanomaly import planning
+from anyanomaly.cli import live as live_cli
+from anyanomaly.evaluation import command as eval_command
+from anyanomaly.launcher import EmbeddedStack, StackError, StackOptions
+from anyanomaly.results import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
+from anyanomaly.v1 import common_pb2, orchestrator_pb2
 from services.common import auth
 from services.common.clients import failed_service
 from services.common.enums import (
@@ -39,10 +44,6 @@ from services.common.enums import (
     WINDOW_FEATURES,
 )
 from services.common.errors import InvalidInput, StartupError
-from services.evaluation import command as eval_command
-from services.launcher import EmbeddedStack, StackError, StackOptions
-from services.orchestrator import live_cli, planning
-from services.orchestrator.client import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
 
 PROG = "anyanomaly"
 BAD_INPUT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
 from anyanomaly.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -19,16 +22,13 @@ from anyanomaly.v1 import (
     monitors_pb2_grpc,
     orchestrator_pb2,
 )
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from services.common.clients import open_channel
 from services.common.config import environment
 from services.common.errors import StartupError
+from services.common.event_document import event_json
 from services.common.images import image_format
 from services.common.tls import ClientTls
-from services.orchestrator.confinement import is_loopback_host
-from services.orchestrator.live.delivery import event_json
+from services.common.urls import is_loopback_host
 
 DEFAULT_ADDRESS = "127.0.0.1:50050"
 TOKEN_VARIABLE = "ANYANOMALY_TOKEN"

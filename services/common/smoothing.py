@@ -1,7 +1,7 @@
 """Causal smoothing for live scores: an exponential moving average over frames, so that a score
 never looks ahead. Its time constant is the detection's sigma (in frames), which is also its mean
 delay: the latency the smoothing adds to an event. Files and jobs keep the per-video Gaussian
-(services/orchestrator/fusion.py), which looks both ways."""
+(services/common/fusion.py), which looks both ways."""
 
 from __future__ import annotations
 

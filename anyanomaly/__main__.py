@@ -1,0 +1,7 @@
+"""`python -m anyanomaly ...`: the same as the `anyanomaly` command."""
+
+import sys
+
+from anyanomaly.cli import main
+
+sys.exit(main())
