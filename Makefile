@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: system-packages venv test test-fast lint check protos bench detect serve clean
+.PHONY: system-packages venv node-clients test test-fast lint check protos bench detect serve clean
 
 # make detect VIDEO=path/to/video.mp4 TEXT=running [MODELS=tiny] [OUTPUT=file.json] [ARGS="..."]
 VIDEO ?=
@@ -21,6 +21,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The Node.js client example's packages (@grpc/grpc-js, @grpc/proto-loader) and buf, which lints
+# the contract: exactly the versions in clients/node/package-lock.json.
+NODE_CLIENTS := clients/node/node_modules/.package-lock.json
+$(NODE_CLIENTS): clients/node/package.json clients/node/package-lock.json
+	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	touch $(NODE_CLIENTS)
+
+node-clients: $(NODE_CLIENTS)
+
 # PostgreSQL, Mosquitto and GStreamer's RTSP server, which the tests start (Debian packages).
 system-packages:
 	bash scripts/system_packages.sh
@@ -28,11 +37,11 @@ system-packages:
 # Two runs with their own per-test budgets: the unit and integration tests (300 s each, from
 # pyproject.toml), then the slow end-to-end tests that run the `anyanomaly` command (1200 s each;
 # the longest waits on its own subprocesses for at most 600 s).
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages $(NODE_CLIENTS)
 	$(PY) -m pytest -m "not slow"
 	$(PY) -m pytest -m slow --timeout 1200
 
-test-fast: $(STAMP) system-packages
+test-fast: $(STAMP) system-packages $(NODE_CLIENTS)
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
@@ -55,4 +64,4 @@ serve: $(STAMP)
 	$(VENV)/bin/anyanomaly serve --models $(MODELS) $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache clients/node/node_modules

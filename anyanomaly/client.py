@@ -14,12 +14,14 @@ the service's message and its rich details.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -66,7 +68,8 @@ class Segment:
     score: float  # under the detection's multi-text rule
     gated: bool  # skipped by the CLIP gate (no LVLM call)
     scores: dict[str, TextScore]
-    message: orchestrator_pb2.SegmentResult  # everything else the service sent
+    # Everything else the service sent (timings included: not part of equality).
+    message: orchestrator_pb2.SegmentResult = field(compare=False, repr=False)
 
     @property
     def best(self) -> TextScore | None:
@@ -81,7 +84,7 @@ class Summary:
     segments: int
     lvlm_calls: int
     random_weights: bool  # tiny or random models: the scores mean nothing
-    message: orchestrator_pb2.Summary
+    message: orchestrator_pb2.Summary = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,16 @@ def detect_request(source: str | Path | orchestrator_pb2.VideoSource, texts: Seq
     merged = orchestrator_pb2.DetectOptions()
     if options is not None:
         merged.CopyFrom(options)
-    if settings:
-        merged.MergeFrom(orchestrator_pb2.DetectOptions(**settings))
+    given = orchestrator_pb2.DetectOptions(**settings)  # checks the names and types
+    for name in settings:  # a keyword replaces that field of `options` (repeated ones too, not appended)
+        cast(Any, merged).ClearField(name)
+    merged.MergeFrom(given)
     return orchestrator_pb2.DetectRequest(source=video_source(source), texts=list(texts), options=merged)
+
+
+def _detect_timeout(request: orchestrator_pb2.DetectRequest) -> float | None:
+    """A file or folder ends; a live stream may run for as long as the caller reads it."""
+    return None if request.source.uri else DETECT_TIMEOUT_SECONDS
 
 
 class AsyncClient:
@@ -167,21 +177,24 @@ class AsyncClient:
             raise from_rpc_error(error) from None
 
     async def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> AsyncIterator[Any]:
+        call = method(request, timeout=timeout)
         try:
-            async for message in method(request, timeout=timeout):
+            async for message in call:
                 yield message
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
+        finally:  # the caller stopped early (or failed): end the call on the server too
+            call.cancel()
 
     # -- detection -------------------------------------------------------------------
     async def detect(self, source: str | Path | orchestrator_pb2.VideoSource, texts: Sequence[str],
                      options: orchestrator_pb2.DetectOptions | None = None, **settings: Any
-                     ) -> AsyncIterator[Segment | Summary]:
+                     ) -> AsyncGenerator[Segment | Summary, None]:
         """Score a video file, a frame folder or a stream: a Segment as each is scored, then the
         Summary. `settings`: DetectOptions fields (segment_length=24, scoring_mode="SCORE_MODE_FAST",
         ...), over `options`."""
         request = detect_request(source, texts, options, settings)
-        async for update in self._stream(self._detect.Detect, request, DETECT_TIMEOUT_SECONDS):
+        async for update in self._stream(self._detect.Detect, request, _detect_timeout(request)):
             kind = update.WhichOneof("update")
             if kind == "segment":
                 yield _segment(update.segment)
@@ -193,7 +206,7 @@ class AsyncClient:
         """The whole detection at once."""
         request = detect_request(source, texts, options, settings)
         started, segments, summary = None, [], None
-        async for update in self._stream(self._detect.Detect, request, DETECT_TIMEOUT_SECONDS):
+        async for update in self._stream(self._detect.Detect, request, _detect_timeout(request)):
             kind = update.WhichOneof("update")
             if kind == "started":
                 started = update.started
@@ -226,13 +239,16 @@ class AsyncClient:
                                  monitors_pb2.UpdateMonitorRequest(monitor_id=monitor_id, spec=spec))
 
     async def pause_monitor(self, monitor_id: str) -> monitors_pb2.Monitor:
-        return await self._unary(self._monitors.PauseMonitor, monitors_pb2.GetMonitorRequest(monitor_id=monitor_id))
+        return await self._unary(self._monitors.PauseMonitor,
+                                 monitors_pb2.PauseMonitorRequest(monitor_id=monitor_id))
 
     async def resume_monitor(self, monitor_id: str) -> monitors_pb2.Monitor:
-        return await self._unary(self._monitors.ResumeMonitor, monitors_pb2.GetMonitorRequest(monitor_id=monitor_id))
+        return await self._unary(self._monitors.ResumeMonitor,
+                                 monitors_pb2.ResumeMonitorRequest(monitor_id=monitor_id))
 
     async def delete_monitor(self, monitor_id: str) -> monitors_pb2.Monitor:
-        return await self._unary(self._monitors.DeleteMonitor, monitors_pb2.GetMonitorRequest(monitor_id=monitor_id))
+        return await self._unary(self._monitors.DeleteMonitor,
+                                 monitors_pb2.DeleteMonitorRequest(monitor_id=monitor_id))
 
     # -- events ----------------------------------------------------------------------
     async def list_events(self, *, monitor_id: str = "", job_id: str = "", text: str = "", since_ms: int = 0,
@@ -250,7 +266,7 @@ class AsyncClient:
         return events[:limit]
 
     async def watch_events(self, *, after_cursor: int = 0, monitor_id: str = "", job_id: str = "", text: str = ""
-                           ) -> AsyncIterator[events_pb2.Event]:
+                           ) -> AsyncGenerator[events_pb2.Event, None]:
         """Events as they open, update and close, from `after_cursor` on; ends when the caller stops."""
         request = events_pb2.WatchEventsRequest(after_cursor=after_cursor, monitor_id=monitor_id, job_id=job_id,
                                                 text=text)
@@ -283,7 +299,7 @@ class AsyncClient:
     async def cancel_job(self, job_id: str) -> jobs_pb2.Job:
         return await self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id))
 
-    async def watch_job(self, job_id: str, from_segment: int = 0) -> AsyncIterator[Segment | Summary]:
+    async def watch_job(self, job_id: str, from_segment: int = 0) -> AsyncGenerator[Segment | Summary, None]:
         """The job's segments (from `from_segment`), then its summary once it is done."""
         request = jobs_pb2.WatchJobRequest(job_id=job_id, from_segment=from_segment)
         async for update in self._stream(self._jobs.WatchJob, request, None):
@@ -300,6 +316,7 @@ class Client:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
+        self._open_streams: weakref.WeakSet[AsyncGenerator[Any, None]] = weakref.WeakSet()
         self._thread = threading.Thread(target=self._loop.run_forever, name="anyanomaly-client", daemon=True)
         self._thread.start()
         try:
@@ -320,30 +337,53 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        if self._loop.is_running():
-            self._run(self._client.close())
-            self._stop_loop()
+        """Close the connection; an iteration still open ends its call first."""
+        if not self._loop.is_running():
+            return
+        for stream in list(self._open_streams):
+            self._run(stream.aclose())
+        self._run(self._client.close())
+        self._run(self._loop.shutdown_asyncgens())
+        self._stop_loop()
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
 
-    def _run(self, call: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(call, self._loop).result()  # type: ignore[arg-type]
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        """`call` on the client's loop; an interrupt here (Ctrl-C) cancels it there."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("a Client method was called from its own event loop thread")
+        future = asyncio.run_coroutine_threadsafe(call, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                future.result(timeout=5)  # let the cancellation finish before going on
+            raise
 
-    def _iterate(self, stream: AsyncIterator[T]) -> Iterator[T]:
+    def _iterate(self, stream: AsyncGenerator[T, None]) -> Generator[T, None, None]:
+        async def following() -> T:
+            return await stream.__anext__()  # made on the loop: its async-generator hooks apply
+
+        self._open_streams.add(stream)
         try:
             while True:
                 try:
-                    yield self._run(stream.__anext__())
+                    yield self._run(following())
                 except StopAsyncIteration:
                     return
-        finally:  # the caller stopped early: end the call on the server too
-            self._run(stream.aclose())  # type: ignore[attr-defined]
+        finally:  # the caller stopped early or failed: end the call on the server too
+            self._open_streams.discard(stream)
+            if self._loop.is_running():
+                with contextlib.suppress(RuntimeError):  # already running or closed: nothing to end
+                    self._run(stream.aclose())
 
     def detect(self, source: str | Path | orchestrator_pb2.VideoSource, texts: Sequence[str],
-               options: orchestrator_pb2.DetectOptions | None = None, **settings: Any) -> Iterator[Segment | Summary]:
+               options: orchestrator_pb2.DetectOptions | None = None, **settings: Any
+               ) -> Generator[Segment | Summary, None, None]:
         return self._iterate(self._client.detect(source, texts, options, **settings))
 
     def detect_all(self, source: str | Path | orchestrator_pb2.VideoSource, texts: Sequence[str],
@@ -374,7 +414,7 @@ class Client:
     def list_events(self, **filters: Any) -> list[events_pb2.Event]:
         return self._run(self._client.list_events(**filters))
 
-    def watch_events(self, **filters: Any) -> Iterator[events_pb2.Event]:
+    def watch_events(self, **filters: Any) -> Generator[events_pb2.Event, None, None]:
         return self._iterate(self._client.watch_events(**filters))
 
     def get_evidence(self, event_id: str) -> events_pb2.Evidence:
@@ -393,5 +433,5 @@ class Client:
     def cancel_job(self, job_id: str) -> jobs_pb2.Job:
         return self._run(self._client.cancel_job(job_id))
 
-    def watch_job(self, job_id: str, from_segment: int = 0) -> Iterator[Segment | Summary]:
+    def watch_job(self, job_id: str, from_segment: int = 0) -> Generator[Segment | Summary, None, None]:
         return self._iterate(self._client.watch_job(job_id, from_segment))

@@ -5,8 +5,12 @@ violations, a retry delay, a stable reason)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,50 @@ _BY_CODE: dict[grpc.StatusCode, type[AnyAnomalyError]] = {
 }
 
 
+def _details(trailer: dict[str, str | bytes]) -> dict[str, Any]:
+    """reason, violations and retry_after from a google.rpc.Status in the trailer, if any."""
+    raw = trailer.get(rpc_status.GRPC_DETAILS_METADATA_KEY)
+    if not isinstance(raw, bytes):
+        return {}
+    found: dict[str, Any] = {}
+    try:
+        status = status_pb2.Status.FromString(raw)
+    except DecodeError:  # not ours to trust; the code and the message still stand
+        return {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            found["reason"] = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found["violations"] = tuple(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            found["retry_after"] = retry.retry_delay.ToTimedelta().total_seconds()
+    return found
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> AnyAnomalyError:
-    """The exception for a failed call, with whatever rich details its trailers carry."""
+    """The exception for a failed call, with the rich details its trailer carries."""
     code = error.code()
-    metadata = {key: value for key, value in (error.trailing_metadata() or ()) if isinstance(value, str)}
+    trailer = {key: value for key, value in (error.trailing_metadata() or ())}
     kind = _BY_CODE.get(code, Internal)
-    return kind(code, error.details() or code.name, metadata=metadata)
+    return kind(code, error.details() or code.name,
+                metadata={key: value for key, value in trailer.items() if isinstance(value, str)},
+                **_details(trailer))
+
+
+def describe(error: grpc.aio.AioRpcError) -> str:
+    """The service's message with what the details add for a person: the fields at fault and
+    when to retry."""
+    rich = from_rpc_error(error)
+    text = rich.message
+    fields = [v.field for v in rich.violations if v.field]
+    if fields:
+        text += f" (field: {', '.join(fields)})"
+    if rich.retry_after:
+        text += f"; retry in {rich.retry_after:g} s"
+    return text

@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from anyanomaly.pictures import EvidenceKeeper
 from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.clients import open_channel
 from services.common.enums import (
@@ -75,8 +76,9 @@ def scoring_config(options: orchestrator_pb2.DetectOptions) -> dict[str, Any]:
 class ResultBuilder:
     """Collects a Detect stream into the documented result JSON."""
 
-    def __init__(self, request: orchestrator_pb2.DetectRequest) -> None:
+    def __init__(self, request: orchestrator_pb2.DetectRequest, keeper: EvidenceKeeper | None = None) -> None:
         self.request = request
+        self.keeper = keeper  # keeps the images of segments that may become evidence
         self.source = request.source.path or request.source.frame_folder or redact(request.source.uri)
         self.started: orchestrator_pb2.DetectStarted | None = None
         self.segments: list[dict[str, Any]] = []
@@ -88,6 +90,11 @@ class ResultBuilder:
             self.started = update.started
         elif kind == "segment":
             self.segments.append(self._segment(update.segment))
+            if self.keeper is not None:
+                self.keeper.add(update.segment.index, update.segment.score, {
+                    s.text: {"key_frame": s.images.key_frame.data, "position_context": s.images.position_context.data,
+                             "temporal_context": s.images.temporal_context.data}
+                    for s in update.segment.scores if s.HasField("images")})
         elif kind == "summary":
             self.summary = update.summary
 

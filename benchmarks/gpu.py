@@ -71,13 +71,16 @@ async def clip_rows(device: str, quick: bool, video: Path) -> list[Row]:
             for what, rate in await clip_throughput.measure(device, 2.0 if quick else 5.0, quick, video)]
     sides = await clip_side.measure(argparse.Namespace(
         video=video, models="tiny" if quick else "random", texts=[1, 5] if quick else [1, 5, 11],
-        repeats=1 if quick else 3, reference_texts=1 if quick else 2, device=device, precision="auto"))
+        repeats=1 if quick else 3, reference_texts=1 if quick else 2, device=device, precision="auto",
+        window_features=["crops", "dense"]))
     for side in sides:
-        rows.append((f"CLIP side per segment, k = {side.texts}: reference / project as chosen (worst case)",
+        verdict = {"yes": "contexts same", "NO": "contexts DIFFER"}.get(side.same_contexts,
+                                                                       f"vs the reference: {side.same_contexts}")
+        rows.append((f"CLIP side per segment, k = {side.texts}, {side.features}: reference / project as chosen "
+                     "(worst case)",
                      f"{side.reference_seconds * 1000:,.0f} / {side.chosen_seconds * 1000:,.0f} ms "
                      f"({side.worst_seconds * 1000:,.0f} ms): {side.reference_seconds / side.chosen_seconds:.1f}x "
-                     f"({side.reference_seconds / side.worst_seconds:.1f}x), "
-                     f"contexts {'same' if side.same_contexts else 'DIFFER'}"))
+                     f"({side.reference_seconds / side.worst_seconds:.1f}x), {verdict}"))
     return rows
 
 

@@ -221,9 +221,13 @@ async def _monitors(args: argparse.Namespace, channel: Any) -> None:
             if not (token := page.next_page_token):
                 break
     else:
-        method = {"get": stub.GetMonitor, "pause": stub.PauseMonitor, "resume": stub.ResumeMonitor,
-                  "delete": stub.DeleteMonitor}[args.action]
-        monitors = [await method(monitors_pb2.GetMonitorRequest(monitor_id=args.monitor_id))]
+        method, request = {
+            "get": (stub.GetMonitor, monitors_pb2.GetMonitorRequest),
+            "pause": (stub.PauseMonitor, monitors_pb2.PauseMonitorRequest),
+            "resume": (stub.ResumeMonitor, monitors_pb2.ResumeMonitorRequest),
+            "delete": (stub.DeleteMonitor, monitors_pb2.DeleteMonitorRequest),
+        }[args.action]
+        monitors = [await method(request(monitor_id=args.monitor_id))]
     for monitor in monitors:
         _emit(args, _as_json(monitor), _monitor_line(monitor))
 

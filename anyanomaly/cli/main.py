@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
 import json
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,11 @@ import grpc
 
 from anyanomaly import planning
 from anyanomaly.cli import live as live_cli
+from anyanomaly.errors import describe
 from anyanomaly.evaluation import command as eval_command
 from anyanomaly.launcher import EmbeddedStack, StackError, StackOptions
+from anyanomaly.pictures import DEFAULT_THRESHOLD, EvidenceKeeper, EvidencePicture, plot_detection, write_evidence
+from anyanomaly.report import write_html_report
 from anyanomaly.results import RANDOM_WEIGHTS_WARNING, ResultBuilder, detect_into
 from anyanomaly.v1 import common_pb2, orchestrator_pb2
 from services.common import auth
@@ -93,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("-t", "--text", dest="texts", action="append", required=True,
                         help="what counts as an anomaly, e.g. 'bicycle'; repeat for several; 'a-b' means a and b")
     detect.add_argument("--output", type=Path, default=None, help="write the result JSON here")
+    detect.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                        help="draw the score curves (each text, the smoothed frame score, threshold, spans above it, "
+                             "segment boundaries) into this PNG (needs matplotlib)")
+    detect.add_argument("--evidence", type=Path, default=None, metavar="DIR",
+                        help="write evidence pictures here: for the best segments and each span above the threshold, "
+                             "the key frame, the attention heatmap over it and the temporal grid, with the text, "
+                             "score and reason (asks the orchestrator for the images)")
+    detect.add_argument("--report", type=Path, default=None, metavar="HTML",
+                        help="write a self-contained HTML report: summary, plot, evidence, best segments")
+    detect.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help=f"the score whose spans --plot, --evidence and --report show as events "
+                             f"(default {DEFAULT_THRESHOLD})")
     detect.add_argument("--address", default="", help="an orchestrator HOST:PORT (default: start the embedded stack)")
     live_cli.connection_options(detect)
     _add_stack_options(detect)
@@ -274,10 +291,19 @@ async def _detect(args: argparse.Namespace) -> int:
     request = _request(args)
     stack: EmbeddedStack | None = None
     address = args.address
-    builder = ResultBuilder(request)
+    images = args.evidence is not None or args.report is not None
+    if images:
+        request.options.include_images = True
+    builder = ResultBuilder(request, EvidenceKeeper(args.threshold) if images else None)
     if not args.address and (args.tls_ca or args.tls_cert or args.tls_key or args.token_file):
         raise UsageError("--tls-ca, --tls-cert, --tls-key and --token-file are for an orchestrator at --address "
                          "(the embedded stack runs on this machine, on 127.0.0.1)")
+    pictures = args.plot is not None or args.evidence is not None or args.report is not None
+    if pictures:  # checked before the detection, not after it
+        if not 0 <= args.threshold <= 1:
+            raise UsageError(f"--threshold is a score, 0..1; got {args.threshold}")
+        if (args.plot or args.report) and importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot and --report need matplotlib: pip install 'anyanomaly[eval]'")
     tls = live_cli.client_tls(args) if args.address else None
     token = live_cli.client_token(args) if args.address else ""
     try:
@@ -287,7 +313,7 @@ async def _detect(args: argparse.Namespace) -> int:
             address = stack.orchestrator_address
         await detect_into(builder, address, None if args.quiet else "detect", tls=tls, token=token)
     except grpc.aio.AioRpcError as error:
-        details = error.details() or error.code().name
+        details = describe(error)
         if error.code() in BAD_INPUT_CODES:
             if builder.segments:
                 _write(args.output, builder.partial({"code": error.code().name, "message": details}))
@@ -309,7 +335,26 @@ async def _detect(args: argparse.Namespace) -> int:
     result = builder.document()
     _write(args.output, result)
     _print_summary(result, args.output)
+    if pictures:
+        _pictures(args, result, builder.keeper)
     return 0
+
+
+def _pictures(args: argparse.Namespace, result: dict[str, Any], keeper: EvidenceKeeper | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="anyanomaly-pictures-") as scratch:
+        plot = args.plot or Path(scratch) / "plot.png"
+        if args.plot is not None or args.report is not None:
+            spans = plot_detection(result, plot, args.threshold)
+            if args.plot is not None:
+                print(f"  plot written to {args.plot} ({len(spans)} spans at or above {args.threshold:g})")
+        evidence: list[EvidencePicture] = []
+        if keeper is not None:
+            evidence = write_evidence(result, keeper, args.evidence or Path(scratch) / "evidence", args.threshold)
+            if args.evidence is not None:
+                print(f"  {len(evidence)} evidence pictures written to {args.evidence}")
+        if args.report is not None:
+            write_html_report(result, plot.read_bytes(), evidence, args.report)
+            print(f"  report written to {args.report}")
 
 
 async def _eval(args: argparse.Namespace) -> int:
@@ -449,16 +494,16 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.aio.AioRpcError as error:  # eval's detections, monitors, events and jobs
         if args.command in ("monitors", "events", "jobs"):
             if error.code() == grpc.StatusCode.UNAVAILABLE:
-                print(f"{PROG}: error: cannot reach the orchestrator at {args.address}: {error.details()}",
+                print(f"{PROG}: error: cannot reach the orchestrator at {args.address}: {describe(error)}",
                       file=sys.stderr)
                 return 1
             if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                print(f"{PROG}: error: {error.details()}", file=sys.stderr)
+                print(f"{PROG}: error: {describe(error)}", file=sys.stderr)
                 return 2
         if error.code() in BAD_INPUT_CODES:
-            print(f"{PROG}: error: {error.details()}", file=sys.stderr)
+            print(f"{PROG}: error: {describe(error)}", file=sys.stderr)
             return 2
-        print(f"{PROG}: error: {failed_service(error) or 'orchestrator'} failed: {error.details()}", file=sys.stderr)
+        print(f"{PROG}: error: {failed_service(error) or 'orchestrator'} failed: {describe(error)}", file=sys.stderr)
         return 1
 
 

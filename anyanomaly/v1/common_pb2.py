@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61nyanomaly/v1/common.proto\x12\ranyanomaly.v1\"\x15\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xc7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x16\n\x0erandom_weights\x18\x05 \x01(\x08\x12\x11\n\tembed_dim\x18\x06 \x01(\x05\x12\x12\n\nimage_size\x18\x07 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x18\n\x10max_image_pixels\x18\t \x01(\x03\x12\x12\n\nmax_tokens\x18\n \x01(\x05\"\x15\n\x13GetModelInfoRequest*K\n\x07Profile\x12\x17\n\x13PROFILE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROFILE_DEFAULT\x10\x01\x12\x12\n\x0ePROFILE_PARITY\x10\x02*\xcd\x01\n\x10KeyFrameStrategy\x12\"\n\x1eKEY_FRAME_STRATEGY_UNSPECIFIED\x10\x00\x12)\n%KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING\x10\x01\x12\x1d\n\x19KEY_FRAME_STRATEGY_RANDOM\x10\x02\x12 \n\x1cKEY_FRAME_STRATEGY_CLIP_TOP4\x10\x03\x12)\n%KEY_FRAME_STRATEGY_GROUPING_THEN_CLIP\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61nyanomaly/v1/common.proto\x12\ranyanomaly.v1\"\x15\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xc7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x16\n\x0erandom_weights\x18\x05 \x01(\x08\x12\x11\n\tembed_dim\x18\x06 \x01(\x05\x12\x12\n\nimage_size\x18\x07 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x18\n\x10max_image_pixels\x18\t \x01(\x03\x12\x12\n\nmax_tokens\x18\n \x01(\x05\"\x15\n\x13GetModelInfoRequest*K\n\x07Profile\x12\x17\n\x13PROFILE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROFILE_DEFAULT\x10\x01\x12\x12\n\x0ePROFILE_PARITY\x10\x02*\xcd\x01\n\x10KeyFrameStrategy\x12\"\n\x1eKEY_FRAME_STRATEGY_UNSPECIFIED\x10\x00\x12)\n%KEY_FRAME_STRATEGY_CLIP_THEN_GROUPING\x10\x01\x12\x1d\n\x19KEY_FRAME_STRATEGY_RANDOM\x10\x02\x12 \n\x1cKEY_FRAME_STRATEGY_CLIP_TOP4\x10\x03\x12)\n%KEY_FRAME_STRATEGY_GROUPING_THEN_CLIP\x10\x04\x42v\n\x11\x63om.anyanomaly.v1B\x0b\x43ommonProtoP\x01ZBgithub.com/anyanomaly/anyanomaly/gen/go/anyanomaly/v1;anyanomalyv1\xaa\x02\rAnyAnomaly.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'anyanomaly.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\021com.anyanomaly.v1B\013CommonProtoP\001ZBgithub.com/anyanomaly/anyanomaly/gen/go/anyanomaly/v1;anyanomalyv1\252\002\rAnyAnomaly.V1'
   _globals['_PROFILE']._serialized_start=332
   _globals['_PROFILE']._serialized_end=407
   _globals['_KEYFRAMESTRATEGY']._serialized_start=410

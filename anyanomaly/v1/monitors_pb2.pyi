@@ -303,6 +303,67 @@ class GetMonitorRequest(_message.Message):
 Global___GetMonitorRequest: _TypeAlias = GetMonitorRequest  # noqa: Y015
 
 @_typing.final
+class DeleteMonitorRequest(_message.Message):
+    """Delete, Pause and Resume name the monitor as Get does (the same wire form: a client built
+    when they took a GetMonitorRequest still works).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITOR_ID_FIELD_NUMBER: _builtins.int
+    monitor_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        monitor_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitor_id", b"monitor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteMonitorRequest: _TypeAlias = DeleteMonitorRequest  # noqa: Y015
+
+@_typing.final
+class PauseMonitorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITOR_ID_FIELD_NUMBER: _builtins.int
+    monitor_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        monitor_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitor_id", b"monitor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseMonitorRequest: _TypeAlias = PauseMonitorRequest  # noqa: Y015
+
+@_typing.final
+class ResumeMonitorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITOR_ID_FIELD_NUMBER: _builtins.int
+    monitor_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        monitor_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitor_id", b"monitor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeMonitorRequest: _TypeAlias = ResumeMonitorRequest  # noqa: Y015
+
+@_typing.final
 class ListMonitorsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -56,17 +56,17 @@ class MonitorsStub:
                 _registered_method=True)
         self.DeleteMonitor = channel.unary_unary(
                 '/anyanomaly.v1.Monitors/DeleteMonitor',
-                request_serializer=anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.SerializeToString,
+                request_serializer=anyanomaly_dot_v1_dot_monitors__pb2.DeleteMonitorRequest.SerializeToString,
                 response_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.Monitor.FromString,
                 _registered_method=True)
         self.PauseMonitor = channel.unary_unary(
                 '/anyanomaly.v1.Monitors/PauseMonitor',
-                request_serializer=anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.SerializeToString,
+                request_serializer=anyanomaly_dot_v1_dot_monitors__pb2.PauseMonitorRequest.SerializeToString,
                 response_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.Monitor.FromString,
                 _registered_method=True)
         self.ResumeMonitor = channel.unary_unary(
                 '/anyanomaly.v1.Monitors/ResumeMonitor',
-                request_serializer=anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.SerializeToString,
+                request_serializer=anyanomaly_dot_v1_dot_monitors__pb2.ResumeMonitorRequest.SerializeToString,
                 response_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.Monitor.FromString,
                 _registered_method=True)
 
@@ -142,17 +142,17 @@ def add_MonitorsServicer_to_server(servicer, server):
             ),
             'DeleteMonitor': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteMonitor,
-                    request_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.FromString,
+                    request_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.DeleteMonitorRequest.FromString,
                     response_serializer=anyanomaly_dot_v1_dot_monitors__pb2.Monitor.SerializeToString,
             ),
             'PauseMonitor': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseMonitor,
-                    request_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.FromString,
+                    request_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.PauseMonitorRequest.FromString,
                     response_serializer=anyanomaly_dot_v1_dot_monitors__pb2.Monitor.SerializeToString,
             ),
             'ResumeMonitor': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeMonitor,
-                    request_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.FromString,
+                    request_deserializer=anyanomaly_dot_v1_dot_monitors__pb2.ResumeMonitorRequest.FromString,
                     response_serializer=anyanomaly_dot_v1_dot_monitors__pb2.Monitor.SerializeToString,
             ),
     }
@@ -289,7 +289,7 @@ class Monitors:
             request,
             target,
             '/anyanomaly.v1.Monitors/DeleteMonitor',
-            anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.SerializeToString,
+            anyanomaly_dot_v1_dot_monitors__pb2.DeleteMonitorRequest.SerializeToString,
             anyanomaly_dot_v1_dot_monitors__pb2.Monitor.FromString,
             options,
             channel_credentials,
@@ -316,7 +316,7 @@ class Monitors:
             request,
             target,
             '/anyanomaly.v1.Monitors/PauseMonitor',
-            anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.SerializeToString,
+            anyanomaly_dot_v1_dot_monitors__pb2.PauseMonitorRequest.SerializeToString,
             anyanomaly_dot_v1_dot_monitors__pb2.Monitor.FromString,
             options,
             channel_credentials,
@@ -343,7 +343,7 @@ class Monitors:
             request,
             target,
             '/anyanomaly.v1.Monitors/ResumeMonitor',
-            anyanomaly_dot_v1_dot_monitors__pb2.GetMonitorRequest.SerializeToString,
+            anyanomaly_dot_v1_dot_monitors__pb2.ResumeMonitorRequest.SerializeToString,
             anyanomaly_dot_v1_dot_monitors__pb2.Monitor.FromString,
             options,
             channel_credentials,

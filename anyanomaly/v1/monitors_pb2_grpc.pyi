@@ -38,9 +38,9 @@ class MonitorsStub:
     ListMonitors: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.ListMonitorsRequest, _monitors_pb2.ListMonitorsResponse]
     UpdateMonitor: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.UpdateMonitorRequest, _monitors_pb2.Monitor]
     """Texts, rules, targets and options change at run time, without a restart of the source."""
-    DeleteMonitor: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.GetMonitorRequest, _monitors_pb2.Monitor]
-    PauseMonitor: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.GetMonitorRequest, _monitors_pb2.Monitor]
-    ResumeMonitor: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.GetMonitorRequest, _monitors_pb2.Monitor]
+    DeleteMonitor: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.DeleteMonitorRequest, _monitors_pb2.Monitor]
+    PauseMonitor: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.PauseMonitorRequest, _monitors_pb2.Monitor]
+    ResumeMonitor: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.ResumeMonitorRequest, _monitors_pb2.Monitor]
 
 @_typing.type_check_only
 class MonitorsAsyncStub(MonitorsStub):
@@ -50,9 +50,9 @@ class MonitorsAsyncStub(MonitorsStub):
     ListMonitors: _aio.UnaryUnaryMultiCallable[_monitors_pb2.ListMonitorsRequest, _monitors_pb2.ListMonitorsResponse]  # type: ignore[assignment]
     UpdateMonitor: _aio.UnaryUnaryMultiCallable[_monitors_pb2.UpdateMonitorRequest, _monitors_pb2.Monitor]  # type: ignore[assignment]
     """Texts, rules, targets and options change at run time, without a restart of the source."""
-    DeleteMonitor: _aio.UnaryUnaryMultiCallable[_monitors_pb2.GetMonitorRequest, _monitors_pb2.Monitor]  # type: ignore[assignment]
-    PauseMonitor: _aio.UnaryUnaryMultiCallable[_monitors_pb2.GetMonitorRequest, _monitors_pb2.Monitor]  # type: ignore[assignment]
-    ResumeMonitor: _aio.UnaryUnaryMultiCallable[_monitors_pb2.GetMonitorRequest, _monitors_pb2.Monitor]  # type: ignore[assignment]
+    DeleteMonitor: _aio.UnaryUnaryMultiCallable[_monitors_pb2.DeleteMonitorRequest, _monitors_pb2.Monitor]  # type: ignore[assignment]
+    PauseMonitor: _aio.UnaryUnaryMultiCallable[_monitors_pb2.PauseMonitorRequest, _monitors_pb2.Monitor]  # type: ignore[assignment]
+    ResumeMonitor: _aio.UnaryUnaryMultiCallable[_monitors_pb2.ResumeMonitorRequest, _monitors_pb2.Monitor]  # type: ignore[assignment]
 
 class MonitorsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,21 +87,21 @@ class MonitorsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def DeleteMonitor(
         self,
-        request: _monitors_pb2.GetMonitorRequest,
+        request: _monitors_pb2.DeleteMonitorRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_monitors_pb2.Monitor, _abc.Awaitable[_monitors_pb2.Monitor]]: ...
 
     @_abc_1.abstractmethod
     def PauseMonitor(
         self,
-        request: _monitors_pb2.GetMonitorRequest,
+        request: _monitors_pb2.PauseMonitorRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_monitors_pb2.Monitor, _abc.Awaitable[_monitors_pb2.Monitor]]: ...
 
     @_abc_1.abstractmethod
     def ResumeMonitor(
         self,
-        request: _monitors_pb2.GetMonitorRequest,
+        request: _monitors_pb2.ResumeMonitorRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_monitors_pb2.Monitor, _abc.Awaitable[_monitors_pb2.Monitor]]: ...
 

@@ -140,6 +140,7 @@ class DetectOptions(_message.Message):
     ADVANCED_FIELD_NUMBER: _builtins.int
     CASCADE_THRESHOLD_FIELD_NUMBER: _builtins.int
     WINDOW_FEATURES_FIELD_NUMBER: _builtins.int
+    INCLUDE_IMAGES_FIELD_NUMBER: _builtins.int
     profile: _common_pb2.Profile.ValueType
     segment_length: _builtins.int
     """N, 0: 24"""
@@ -181,6 +182,10 @@ class DetectOptions(_message.Message):
     """Where the windows' CLIP features come from: CROPS (parity, the default) or DENSE (one CLIP
     pass per key frame, faster, an approximation).
     """
+    include_images: _builtins.bool
+    """Detect and DetectStream: each text's score carries the images the LVLM judged (key frame,
+    position and temporal context): evidence to look at, about 100 KB per text and segment.
+    """
     @_builtins.property
     def fusion_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """g1, g2, g3 for frame, position, temporal; empty: 0.6, 0.3, 0.1"""
@@ -219,10 +224,11 @@ class DetectOptions(_message.Message):
         advanced: Global___AdvancedOptions | None = ...,
         cascade_threshold: _builtins.float | None = ...,
         window_features: _context_pb2.WindowFeatures.ValueType = ...,
+        include_images: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold", "_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "cascade_threshold", b"cascade_threshold", "context", b"context", "gate_threshold", b"gate_threshold", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "sigma", b"sigma"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold", "_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "cascade_threshold", b"cascade_threshold", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "half_stride", b"half_stride", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "scoring_mode", b"scoring_mode", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "temporal_selection", b"temporal_selection", "window_features", b"window_features"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold", "_gate_threshold", b"_gate_threshold", "_reason_threshold", b"_reason_threshold", "_sigma", b"_sigma", "advanced", b"advanced", "cascade_threshold", b"cascade_threshold", "context", b"context", "fusion_weights", b"fusion_weights", "gate_threshold", b"gate_threshold", "half_stride", b"half_stride", "include_images", b"include_images", "keep_hyphenated_texts", b"keep_hyphenated_texts", "max_segments_in_flight", b"max_segments_in_flight", "multi_text", b"multi_text", "multi_text_fusion", b"multi_text_fusion", "preset", b"preset", "profile", b"profile", "reason_threshold", b"reason_threshold", "scoring", b"scoring", "scoring_mode", b"scoring_mode", "segment_length", b"segment_length", "sigma", b"sigma", "strategy", b"strategy", "tail_policy", b"tail_policy", "temporal_selection", b"temporal_selection", "window_features", b"window_features"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cascade_threshold: _TypeAlias = _typing.Literal["cascade_threshold"]  # noqa: Y015
     _WhichOneofArgType__cascade_threshold: _TypeAlias = _typing.Literal["_cascade_threshold", b"_cascade_threshold"]  # noqa: Y015
@@ -375,6 +381,7 @@ class TextSegmentScore(_message.Message):
     REPRESENTATIVE_FIELD_NUMBER: _builtins.int
     CAUSAL_FIELD_NUMBER: _builtins.int
     SCREENED_OUT_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     fused: _builtins.float
     """g1*frame + g2*position + g3*temporal"""
@@ -398,6 +405,10 @@ class TextSegmentScore(_message.Message):
     def key_frames(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """4 frame indices within the video"""
 
+    @_builtins.property
+    def images(self) -> Global___ContextImages:
+        """with DetectOptions.include_images"""
+
     def __init__(
         self,
         *,
@@ -410,14 +421,51 @@ class TextSegmentScore(_message.Message):
         representative: _builtins.int = ...,
         causal: _builtins.float = ...,
         screened_out: _builtins.bool = ...,
+        images: Global___ContextImages | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "position", b"position", "temporal", b"temporal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "images", b"images", "position", b"position", "temporal", b"temporal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal", b"causal", "frame", b"frame", "fused", b"fused", "key_frames", b"key_frames", "position", b"position", "representative", b"representative", "screened_out", b"screened_out", "temporal", b"temporal", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal", b"causal", "frame", b"frame", "fused", b"fused", "images", b"images", "key_frames", b"key_frames", "position", b"position", "representative", b"representative", "screened_out", b"screened_out", "temporal", b"temporal", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TextSegmentScore: _TypeAlias = TextSegmentScore  # noqa: Y015
+
+@_typing.final
+class ContextImages(_message.Message):
+    """What the LVLM judged for a text in a segment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FRAME_FIELD_NUMBER: _builtins.int
+    POSITION_CONTEXT_FIELD_NUMBER: _builtins.int
+    TEMPORAL_CONTEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key_frame(self) -> _common_pb2.Image:
+        """the representative frame (JPEG or the source's own encoding)"""
+
+    @_builtins.property
+    def position_context(self) -> _common_pb2.Image:
+        """224x224 PNG: the key frame weighted by the attention map"""
+
+    @_builtins.property
+    def temporal_context(self) -> _common_pb2.Image:
+        """224x224 PNG: 2x2 grid of the 4 key frames' chosen window"""
+
+    def __init__(
+        self,
+        *,
+        key_frame: _common_pb2.Image | None = ...,
+        position_context: _common_pb2.Image | None = ...,
+        temporal_context: _common_pb2.Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_frame", b"key_frame", "position_context", b"position_context", "temporal_context", b"temporal_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_frame", b"key_frame", "position_context", b"position_context", "temporal_context", b"temporal_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextImages: _TypeAlias = ContextImages  # noqa: Y015
 
 @_typing.final
 class SegmentResult(_message.Message):

@@ -86,8 +86,10 @@ class ClipModel:
         visual = self._model.visual
         if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
             return None
-        if not isinstance(visual.transformer.resblocks[-1].attn, torch.nn.MultiheadAttention):
-            return None
+        last = visual.transformer.resblocks[-1]
+        if not isinstance(last.attn, torch.nn.MultiheadAttention) or not isinstance(last.ls_1, torch.nn.Identity) \
+                or visual.final_ln_after_pool:
+            return None  # the value path below is written for OpenAI-style ViTs
         grid = visual.grid_size
         return int(grid[0]) if isinstance(grid, tuple) else int(grid)
 

@@ -28,6 +28,7 @@ from services.common.logs import (
     reset_request_id,
     set_request_id,
 )
+from services.common.rich_errors import status_trailer
 
 log = logging.getLogger("anyanomaly.rpc")
 
@@ -120,11 +121,12 @@ class _Call:
 
     async def fail(self, exc: BaseException) -> None:
         """Abort the RPC with the status that `exc` maps to (always raises)."""
-        trailer = [(REQUEST_ID_HEADER, self.request_id)]
+        trailer: list[tuple[str, str | bytes]] = [(REQUEST_ID_HEADER, self.request_id)]
         if isinstance(exc, ServiceError):
             self.code, message = exc.code, _shortened(str(exc))
             if exc.service:
                 trailer.append((FAILED_SERVICE_HEADER, exc.service))
+            trailer += status_trailer(exc, message, self.service)
             log.warning("rpc failed", extra={"method": self.method, "code": self.code.name, "error": message})
         else:
             self.code = grpc.StatusCode.INTERNAL

@@ -28,23 +28,27 @@ def _refused_character(text: str) -> tuple[int, str, str] | None:
 
 
 def validate_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
-    """Texts are used verbatim (underscores and case kept), but must be non-blank and short."""
+    """Texts are used verbatim (underscores and case kept), but must be non-blank and short.
+    `what` names them in messages and, as a field path ("texts", "queries[0].more_texts"), in the
+    error's field violation."""
+    field = what.replace(" ", "_")
     if not texts:
-        raise InvalidInput(f"no {what} given: send at least one anomaly text, e.g. 'bicycle'")
+        raise InvalidInput(f"no {what} given: send at least one anomaly text, e.g. 'bicycle'", field=field)
     if len(texts) > MAX_TEXTS:
-        raise InvalidInput(f"{len(texts)} {what} given; at most {MAX_TEXTS} per request")
+        raise InvalidInput(f"{len(texts)} {what} given; at most {MAX_TEXTS} per request", field=field)
     for position, text in enumerate(texts):
+        at = f"{field}[{position}]"
         if not text.strip():
-            raise InvalidInput(f"{what}[{position}] is empty; every text must name an anomaly")
+            raise InvalidInput(f"{what}[{position}] is empty; every text must name an anomaly", field=at)
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidInput(
-                f"{what}[{position}] has {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
+                f"{what}[{position}] has {len(text)} characters; the limit is {MAX_TEXT_CHARS}", field=at
             )
         refused = _refused_character(text)
         if refused:
             index, char, kind = refused
             raise InvalidInput(f"{what}[{position}] contains the {kind} character U+{ord(char):04X} at position "
-                               f"{index}; anomaly texts must be plain printable text")
+                               f"{index}; anomaly texts must be plain printable text", field=at)
     return list(texts)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anyanomaly.v1 import orchestrator_pb2
+from anyanomaly.v1 import common_pb2, orchestrator_pb2
 from services.common.enums import MULTI_TEXT_FUSION, PROFILE, TAIL_POLICY
 from services.orchestrator.pipeline import SegmentOutcome, Started, Summary, TextResult, Update
 from services.orchestrator.service_clients import StreamScore
@@ -12,7 +12,16 @@ def _stream(score: StreamScore) -> orchestrator_pb2.StreamScore:
     return orchestrator_pb2.StreamScore(score=score.score, reason=score.reason, parsed=score.parsed, error=score.error)
 
 
-def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
+def _images(result: TextResult) -> orchestrator_pb2.ContextImages | None:
+    if result.images is None:
+        return None
+    return orchestrator_pb2.ContextImages(key_frame=common_pb2.Image(data=result.images.key_frame),
+                                          position_context=common_pb2.Image(data=result.images.position),
+                                          temporal_context=common_pb2.Image(data=result.images.temporal))
+
+
+def to_proto(update: Update, with_images: bool = False) -> orchestrator_pb2.DetectUpdate:
+    """`with_images`: each text's ContextImages, when the results kept them (not for storage)."""
     if isinstance(update, Started):
         return orchestrator_pb2.DetectUpdate(started=orchestrator_pb2.DetectStarted(
             texts=update.texts, fps=update.fps, num_frames=update.num_frames, segment_length=update.segment_length))
@@ -26,7 +35,7 @@ def to_proto(update: Update) -> orchestrator_pb2.DetectUpdate:
                 orchestrator_pb2.TextSegmentScore(
                     text=r.text, frame=_stream(r.frame), position=_stream(r.position), temporal=_stream(r.temporal),
                     fused=r.fused, key_frames=list(r.key_frames), representative=r.representative, causal=r.causal,
-                    screened_out=r.screened_out,
+                    screened_out=r.screened_out, images=_images(r) if with_images else None,
                 )
                 for r in update.results
             ],

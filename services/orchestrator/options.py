@@ -35,28 +35,34 @@ def resolve(
     length = options.segment_length or DEFAULT_SEGMENT_LENGTH
     if not MIN_SEGMENT_FRAMES <= length <= MAX_SEGMENT_LENGTH:
         raise InvalidInput(f"segment_length {length} is out of range; use {MIN_SEGMENT_FRAMES}..{MAX_SEGMENT_LENGTH} "
-                           f"(the paper uses {DEFAULT_SEGMENT_LENGTH})")
+                           f"(the paper uses {DEFAULT_SEGMENT_LENGTH})", field="options.segment_length")
     weights = tuple(options.fusion_weights) or DEFAULT_WEIGHTS
     if len(weights) != 3 or not all(0 <= w <= MAX_WEIGHT for w in weights) or sum(weights) <= 0:
         raise InvalidInput(f"fusion_weights must be 3 numbers from 0 to {MAX_WEIGHT} (frame, position, temporal) "
-                           f"with a positive sum, got {[echo(w, 20) for w in weights[:4]]}")
+                           f"with a positive sum, got {[echo(w, 20) for w in weights[:4]]}",
+                           field="options.fusion_weights")
     sigma = options.sigma if options.HasField("sigma") else DEFAULT_SIGMA
     if not 0 <= sigma <= MAX_SIGMA:  # also refuses NaN; the filter's work and memory grow with sigma
-        raise InvalidInput(f"sigma must be 0 (no smoothing) to {MAX_SIGMA} frames, got {echo(sigma, 20)}")
+        raise InvalidInput(f"sigma must be 0 (no smoothing) to {MAX_SIGMA} frames, got {echo(sigma, 20)}",
+                           field="options.sigma")
     parity = profile == "parity"
     tail = TAIL_POLICY.name(options.tail_policy, "drop" if parity else "score")
     fusion_rule = MULTI_TEXT_FUSION.name(options.multi_text_fusion, "max_then_fuse" if parity else "fuse_then_max")
     KEY_FRAME_STRATEGY.name(options.strategy, "clip_then_grouping")  # refuses an unknown value
     in_flight = options.max_segments_in_flight or max_in_flight
     if not 1 <= in_flight <= max(max_in_flight, 1):
-        raise InvalidInput(f"max_segments_in_flight must be 1..{max_in_flight}, got {in_flight}")
+        raise InvalidInput(f"max_segments_in_flight must be 1..{max_in_flight}, got {in_flight}",
+                           field="options.max_segments_in_flight")
     context, scoring = internal_options(options, PROFILE.value(profile), preset)
     if options.HasField("reason_threshold") and not 0 <= options.reason_threshold <= 1:
-        raise InvalidInput(f"reason_threshold is a fused score, 0..1; got {echo(options.reason_threshold, 20)}")
+        raise InvalidInput(f"reason_threshold is a fused score, 0..1; got {echo(options.reason_threshold, 20)}",
+                           field="options.reason_threshold")
     if options.HasField("gate_threshold") and not -1 <= options.gate_threshold <= 1:
-        raise InvalidInput(f"gate_threshold is a cosine similarity, -1..1; got {echo(options.gate_threshold, 20)}")
+        raise InvalidInput(f"gate_threshold is a cosine similarity, -1..1; got {echo(options.gate_threshold, 20)}",
+                           field="options.gate_threshold")
     if options.HasField("cascade_threshold") and not 0 <= options.cascade_threshold <= 1:
-        raise InvalidInput(f"cascade_threshold is a screening score, 0..1; got {echo(options.cascade_threshold, 20)}")
+        raise InvalidInput(f"cascade_threshold is a screening score, 0..1; got {echo(options.cascade_threshold, 20)}",
+                           field="options.cascade_threshold")
     validate_max_tokens(scoring.max_tokens, "advanced.scoring.max_tokens")
     if scoring.multi_text and scoring.mode == lvlm_pb2.SCORE_MODE_FAST:
         raise InvalidInput("the fast mode reads one score per call from token probabilities; use multi_text with "
@@ -76,6 +82,7 @@ def resolve(
         reason_threshold=options.reason_threshold if options.HasField("reason_threshold") else None,
         gate_threshold=options.gate_threshold if options.HasField("gate_threshold") else None,
         cascade_threshold=options.cascade_threshold if options.HasField("cascade_threshold") else None,
+        keep_images=options.include_images,
     )
 
 

@@ -69,7 +69,8 @@ class Admission:
         if self.running >= self.limit:
             DETECTIONS_REFUSED.inc()
             raise Overloaded(f"{self.running} detections are running, the most this orchestrator takes "
-                             f"(--max-detections); retry later, or add orchestrator replicas and LVLM capacity")
+                             f"(--max-detections); retry later, or add orchestrator replicas and LVLM capacity",
+                             reason="DETECTIONS_AT_CAPACITY")
         self.running += 1
         DETECTIONS_RUNNING.inc()
         try:
@@ -96,7 +97,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                                          self._settings.stream_timeout_seconds)
             try:
                 async for update in self._detector.detect(source, texts, params):
-                    yield to_proto(update)
+                    yield to_proto(update, with_images=params.keep_images)
             finally:
                 source.close()
 
@@ -119,7 +120,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                 changes = events.finish() if isinstance(update, Summary) else []
                 for change in changes:  # events still open close before the summary
                     yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
-                yield to_proto(update)
+                yield to_proto(update, with_images=params.keep_images)
                 for change in events.observe(update) if isinstance(update, SegmentOutcome) else []:
                     yield orchestrator_pb2.DetectUpdate(event=event_proto(change, next(cursor)))
 

@@ -65,7 +65,7 @@ async def answer_of(address: str, token: str, call: str, source: orchestrator_pb
                 orchestrator_pb2.DetectStreamRequest(config=orchestrator_pb2.DetectStreamConfig(texts=["bicycle"]))]))),
             "events": lambda: events_pb2_grpc.EventsStub(channel).ListEvents(events_pb2.ListEventsRequest()),
             "monitors": lambda: monitors_pb2_grpc.MonitorsStub(channel).DeleteMonitor(
-                monitors_pb2.GetMonitorRequest(monitor_id="none")),
+                monitors_pb2.DeleteMonitorRequest(monitor_id="none")),
             "jobs": lambda: jobs_pb2_grpc.JobsStub(channel).CancelJob(jobs_pb2.CancelJobRequest(job_id="none")),
         }
         try:
@@ -110,7 +110,7 @@ async def test_each_call_needs_a_known_token_with_its_scope(tmp_path: Path, capl
             async with open_channel(address, token=TOKENS["reader"]) as channel:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await monitors_pb2_grpc.MonitorsStub(channel).DeleteMonitor(
-                        monitors_pb2.GetMonitorRequest(monitor_id="none"))
+                        monitors_pb2.DeleteMonitorRequest(monitor_id="none"))
                 assert refused.value.details() == ("'reader' may not call Monitors.DeleteMonitor: that needs the "
                                                    "scope 'monitors' (it has events)")
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
@@ -199,7 +199,7 @@ async def test_each_caller_has_its_own_budget_of_monitors_and_jobs(tmp_path: Pat
                     assert "1 queued or running jobs, the most --max-jobs-per-token allows" in (
                         refused.value.details() or "")
                     # Freed places are given again.
-                    await monitors.DeleteMonitor(monitors_pb2.GetMonitorRequest(monitor_id=first.monitor_id))
+                    await monitors.DeleteMonitor(monitors_pb2.DeleteMonitorRequest(monitor_id=first.monitor_id))
                     await monitors.CreateMonitor(monitors_pb2.CreateMonitorRequest(spec=spec))
                     await jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id))
                     await jobs.SubmitJob(jobs_pb2.SubmitJobRequest(source=source, texts=["bicycle"]))

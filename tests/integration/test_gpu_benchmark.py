@@ -35,6 +35,8 @@ def test_the_gpu_benchmark_prints_its_table_on_the_cpu(tmp_path: Path) -> None:
             for line in output.read_text().splitlines()[2:]}
     assert rows["clip_service, model alone, batch 16"].endswith("images/s")
     assert float(rows["clip_service, model alone, batch 16"].split()[0].replace(",", "")) > 0
-    sides = [figure for what, figure in rows.items() if what.startswith("CLIP side per segment")]
-    assert len(sides) == 2 and all(figure.endswith("contexts same") for figure in sides)
+    crops = [figure for what, figure in rows.items() if what.startswith("CLIP side per segment") and "crops" in what]
+    dense = [figure for what, figure in rows.items() if what.startswith("CLIP side per segment") and "dense" in what]
+    assert len(crops) == 2 and all(figure.endswith("contexts same") for figure in crops)
+    assert len(dense) == 2 and all("vs the reference:" in figure and " grid, PC " in figure for figure in dense)
     assert rows["LVLM calls/s per mode"].startswith("skipped: no --lvlm-model")

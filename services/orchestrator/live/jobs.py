@@ -93,7 +93,8 @@ class JobRunner:
             if unfinished >= self._settings.max_jobs_per_token:
                 who = f"{owner!r} has" if owner else "callers have"
                 raise Overloaded(f"{who} {unfinished} queued or running jobs, the most --max-jobs-per-token "
-                                        "allows; wait for one to finish or cancel one")
+                                        "allows; wait for one to finish or cancel one", reason="JOB_QUOTA",
+                                 retry_after=30.0)
             created = now_ms()
             job = jobs_pb2.Job(job_id=uuid.uuid4().hex, name=request.name, state=jobs_pb2.JOB_STATE_QUEUED,
                                source=request.source, texts=request.texts, created_ms=created, updated_ms=created)

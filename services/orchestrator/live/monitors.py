@@ -335,7 +335,7 @@ class MonitorRunners:
             if owned >= self.settings.max_monitors_per_token:
                 who = f"{owner!r} has" if owner else "callers have"
                 raise Overloaded(f"{who} {owned} monitors, the most --max-monitors-per-token allows; "
-                                        "delete one first")
+                                        "delete one first", reason="MONITOR_QUOTA", retry_after=0.0)
             monitor_id = uuid.uuid4().hex
             created = now_ms()
             await self.store.save_monitor(monitor_id, spec, False, created, owner)
@@ -452,14 +452,14 @@ class MonitorsServicer(monitors_pb2_grpc.MonitorsServicer):
                             ) -> monitors_pb2.Monitor:
         return await self._monitors().update(request.monitor_id, request.spec)
 
-    async def DeleteMonitor(self, request: monitors_pb2.GetMonitorRequest, context: RpcContext
+    async def DeleteMonitor(self, request: monitors_pb2.DeleteMonitorRequest, context: RpcContext
                             ) -> monitors_pb2.Monitor:
         return await self._monitors().delete(request.monitor_id)
 
-    async def PauseMonitor(self, request: monitors_pb2.GetMonitorRequest, context: RpcContext
+    async def PauseMonitor(self, request: monitors_pb2.PauseMonitorRequest, context: RpcContext
                            ) -> monitors_pb2.Monitor:
         return await self._monitors().set_paused(request.monitor_id, True)
 
-    async def ResumeMonitor(self, request: monitors_pb2.GetMonitorRequest, context: RpcContext
+    async def ResumeMonitor(self, request: monitors_pb2.ResumeMonitorRequest, context: RpcContext
                             ) -> monitors_pb2.Monitor:
         return await self._monitors().set_paused(request.monitor_id, False)

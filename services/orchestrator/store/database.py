@@ -38,6 +38,8 @@ class StoreUnavailable(ServiceError):
     """The database cannot be reached (or stays locked); the next call connects again."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "STORE_UNAVAILABLE"
+    default_retry_after = 2.0
 
 
 class Cursor(Protocol):
