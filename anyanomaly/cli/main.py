@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-tokens-file", type=Path, default=None,
                        help="ask the orchestrator's callers for a credential from this file (anyanomaly token new)")
     serve.add_argument("--media-roots", default="", help="comma-separated folders sources may lie under")
+    serve.add_argument("--http-port", type=int, default=0,
+                       help="serve the web console on this port of --host (0: off)")
     serve.add_argument("--allow-hosts", default="", help="comma-separated stream hosts (names, *.domain, CIDR)")
     serve.add_argument("--tls-cert", type=Path, default=None, help="the orchestrator serves TLS with this PEM "
                        "certificate (the other services stay on 127.0.0.1)")
@@ -234,7 +236,8 @@ def _stack_options(args: argparse.Namespace, port: int = 0, host: str = "127.0.0
 
     guarded = [("--auth-tokens-file", file("auth_tokens_file")), ("--media-roots", getattr(args, "media_roots", "")),
                ("--allow-hosts", getattr(args, "allow_hosts", "")), ("--tls-cert", file("tls_cert")),
-               ("--tls-key", file("tls_key")), ("--tls-client-ca", file("tls_client_ca"))]
+               ("--tls-key", file("tls_key")), ("--tls-client-ca", file("tls_client_ca")),
+               ("--http-port", str(getattr(args, "http_port", 0) or ""))]
     return StackOptions(models=args.models, lvlm_url=args.lvlm_url, lvlm_model=args.lvlm_model, host=host,
                         orchestrator_port=port, log_dir=args.log_dir, profile=args.profile or "default",
                         data_dir=data_dir.expanduser().resolve() if data_dir else None,
@@ -432,6 +435,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await stack.start()
         for name, address in stack.addresses().items():
             print(f"{name:16} {address}", flush=True)
+        if args.http_port:
+            print(f"{'console':16} http://{args.host}:{args.http_port}/", flush=True)
         if args.models == "tiny":
             print(f"note: {RANDOM_WEIGHTS_WARNING}", flush=True)
         print("ready; Ctrl-C stops the services", flush=True)

@@ -57,6 +57,7 @@ class ServiceSpec:
     # Before in-flight RPCs get their grace: end endless streams (watchers) and background work.
     drain: Callable[[], Awaitable[None]] = field(default=_nothing)
     authorize: Authorize | None = None  # checks each application RPC's credentials (the public API)
+    bound: Callable[[int], None] = field(default=lambda port: None)  # told the port, once bound
 
 
 class RunningServer:
@@ -150,6 +151,7 @@ async def start_server(spec: ServiceSpec, settings: ServerSettings) -> RunningSe
         port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(f"cannot bind {address}: {exc}; choose another --port") from exc
+    spec.bound(port)
     if tls is None and not _loopback(settings.host):
         log.warning("serving WITHOUT TLS on %s: anyone on the network can read and send these calls; set "
                     "--tls-cert and --tls-key, or bind 127.0.0.1", address)

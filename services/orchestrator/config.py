@@ -25,6 +25,7 @@ class OrchestratorSettings(CallerSettings):
     frame_format: str = setting("jpeg", "how decoded video frames travel to the services (frame folders are "
                                 "sent as their original files)", choices=("jpeg", "png"))
     jpeg_quality: int = setting(95, "JPEG quality for --frame-format jpeg")
+    http_port: int = setting(0, "serve the web console and its JSON/SSE gateway on this port (same host; 0: off)")
     media_roots: str = setting("", "comma-separated folders that file and folder sources must lie under; empty: any "
                                "path when bound to loopback, else only the data dir")
     allow_hosts: str = setting("", "comma-separated hosts stream URIs may name (names, *.domain, IPs, CIDR ranges); "

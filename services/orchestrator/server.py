@@ -26,7 +26,7 @@ from anyanomaly.v1 import (
     orchestrator_pb2_grpc,
 )
 from services.common.auth import TokenFile
-from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError, echo
+from services.common.errors import InvalidInput, NotReady, Overloaded, ServiceError, StartupError, echo
 from services.common.server import RpcContext, ServiceSpec
 from services.common.tls import ClientTls
 from services.common.urls import is_loopback_host
@@ -177,6 +177,8 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
     holder = Holder(Path(settings.data_dir).expanduser(), settings.database_url)
     waiting: list[asyncio.Task[None]] = []
     tokens: list[TokenFile] = []  # loaded at start (a bad file stops start-up with one line)
+    grpc_port: list[int] = []  # this server's, once bound: where the console's gateway calls
+    consoles: list[Any] = []  # the web console, with --http-port
 
     def authorize(method: str, context: Any) -> str:
         if not tokens:
@@ -208,12 +210,32 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
                                          "dir / database; this one takes over when it stops")
                 log.warning("standing by: %s", access.missing_reason)
                 waiting.append(asyncio.create_task(take_over_when_free()))
+        if settings.http_port:
+            await start_console()
+
+    async def start_console() -> None:
+        from services.orchestrator.console.gateway import Console, HttpCaller  # aiohttp only when asked for
+
+        def authorize_http(method: str, authorization: str) -> None:
+            tokens[0].authorize(method, HttpCaller(authorization))
+
+        if settings.tls_cert:
+            raise StartupError("--http-port: the console calls the orchestrator in plaintext on 127.0.0.1, so it "
+                               "is not offered with --tls-cert; serve it from an orchestrator without TLS behind "
+                               "your own HTTPS proxy, or leave --http-port unset")
+        roots = [Path(r.strip()).expanduser() for r in settings.media_roots.split(",") if r.strip()]
+        console = Console(settings.host, settings.http_port, f"127.0.0.1:{grpc_port[0]}", roots,
+                          authorize_http if settings.auth_tokens_file else None)
+        await console.start()
+        consoles.append(console)
 
     async def drain() -> None:
         if access.live is not None:
             await drain_live(access.live)
 
     async def stop() -> None:
+        for console in consoles:
+            await console.stop()
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
@@ -230,4 +252,5 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
         events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(access), server)
 
     return ServiceSpec(name="orchestrator", service_names=SERVICE_NAMES, register=register, start=start, stop=stop,
-                       drain=drain, authorize=authorize if settings.auth_tokens_file else None)
+                       drain=drain, authorize=authorize if settings.auth_tokens_file else None,
+                       bound=grpc_port.append)
