@@ -36,7 +36,7 @@ def readme_example(name: str) -> str:
 @pytest.fixture(scope="module")
 def address() -> Iterator[str]:
     with FakeOpenAIServer(answer=ScriptedLVLM()) as lvlm, \
-            serving("--models", "tiny", "--lvlm-url", lvlm.url, "--lvlm-model", lvlm.model) as addresses:
+            serving("--models", "tiny", "--port", "0", "--lvlm-url", lvlm.url, "--lvlm-model", lvlm.model) as addresses:
         yield addresses["orchestrator"]
 
 

@@ -41,8 +41,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     data = tmp_path_factory.mktemp("data")
     with FakeOpenAIServer(answer=ScriptedLVLM()) as lvlm, \
-            serving("--models", "tiny", "--lvlm-url", lvlm.url, "--lvlm-model", lvlm.model, "--http-port", str(port),
-                    "--media-roots", str(VIDEO.parent), "--data-dir", str(data)) as addresses:
+            serving("--models", "tiny", "--port", "0", "--lvlm-url", lvlm.url, "--lvlm-model", lvlm.model,
+                    "--http-port", str(port), "--media-roots", str(VIDEO.parent), "--data-dir", str(data)) as addresses:
         assert addresses["console"] == f"http://127.0.0.1:{port}/"
         yield addresses["console"]
 
@@ -83,6 +83,28 @@ def test_a_detection_started_in_the_console_draws_its_chart_and_rows(console: st
     assert browser.save_screenshot(str(ARTIFACTS / "console.png"))
 
 
+def test_events_appear_live_and_open_their_evidence(console: str, browser: webdriver.Chrome) -> None:
+    """A monitor (made through the gateway, looping the clip, a low threshold) opens events; the
+    page's live event list shows them and a click brings the evidence images."""
+    browser.get(console)
+    status, text = post(console + "api/Monitors/CreateMonitor", json.dumps({"spec": {
+        "source": {"path": str(VIDEO)}, "texts": ["bicycle"], "rules": [{"text": "", "threshold": 0.05}]}}).encode())
+    assert status == 200, text
+    monitor = json.loads(text)["monitor_id"]
+    try:
+        wait = WebDriverWait(browser, 120)
+        link = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#events td.event"))[0]
+        row = link.find_element(By.XPATH, "..").find_elements(By.TAG_NAME, "td")
+        assert row[1].text == "bicycle" and row[4].text == monitor
+        link.click()
+        images = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#evidence img"))
+        assert [image.get_attribute("alt") for image in images] == ["key frame", "position context",
+                                                                     "temporal context"]
+        assert all(browser.execute_script("return arguments[0].naturalWidth", image) > 0 for image in images)
+    finally:
+        assert post(console + "api/Monitors/DeleteMonitor", json.dumps({"monitor_id": monitor}).encode())[0] == 200
+
+
 def post(url: str, body: bytes, token: str = "") -> tuple[int, str]:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     request = urllib.request.Request(url, data=body, headers=headers)
@@ -117,7 +139,7 @@ def test_the_console_is_behind_the_orchestrators_tokens(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{token_hash(token)} detect console-user\n")
     port = free_port()
-    with serving("--models", "tiny", "--http-port", str(port), "--auth-tokens-file", str(tokens),
+    with serving("--models", "tiny", "--port", "0", "--http-port", str(port), "--auth-tokens-file", str(tokens),
                  "--media-roots", str(VIDEO.parent)):
         url = f"http://127.0.0.1:{port}/"
         with urllib.request.urlopen(url, timeout=30) as page:  # the page itself holds nothing secret
