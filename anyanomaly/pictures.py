@@ -3,7 +3,7 @@
 - `anyanomaly detect --plot`: each text's fused score per segment, the smoothed frame score, the
   threshold, the spans above it (events) and the segment boundaries, like the paper's Figure S3
   (matplotlib, the `eval` extra);
-- `--evidence DIR`: for the best segments and each span's peak, the key frame, the attention
+- `--evidence DIR`: for the best segments and each span's best segment, the key frame, the attention
   heatmap over it and the temporal grid, with the text, score and reason written under them
   (OpenCV; the images come with DetectOptions.include_images);
 - `--report FILE.html`: both in one self-contained page (anyanomaly/report.py).
@@ -90,15 +90,17 @@ def plot_detection(document: dict[str, Any], path: Path, threshold: float = DEFA
 
 class EvidenceKeeper:
     """The images of the segments that may become evidence, kept while a detection streams in:
-    the `top` best-scoring segments so far, and every segment at or above the threshold (an event
-    span's peak can only be one of those). Others' images are dropped as they arrive."""
+    the `top` best-scoring segments so far, and the segments at or above the threshold (at most
+    `limit` of them, the best). Others' images are dropped as they arrive."""
 
-    def __init__(self, threshold: float, top: int = 5) -> None:
-        self.threshold, self.top = threshold, top
+    def __init__(self, threshold: float, top: int = 5, limit: int = 200) -> None:
+        self.threshold, self.top, self.limit = threshold, top, limit
         self.kept: dict[int, tuple[float, dict[str, Any]]] = {}  # segment index -> (score, {text: images})
 
     def add(self, index: int, score: float, images: dict[str, Any]) -> None:
         self.kept[index] = (score, images)
+        if len(self.kept) > self.limit:  # a long video above the threshold: memory stays bounded
+            del self.kept[min(self.kept, key=lambda i: self.kept[i][0])]
         below = sorted((s, i) for i, (s, _) in self.kept.items() if s < self.threshold)
         ranked = sorted((s for s, _ in self.kept.values()), reverse=True)
         cutoff = ranked[self.top - 1] if len(ranked) >= self.top else float("-inf")
@@ -164,7 +166,7 @@ def _ascii(text: str, limit: int) -> str:
 
 def write_evidence(document: dict[str, Any], keeper: EvidenceKeeper, folder: Path,
                    threshold: float = DEFAULT_THRESHOLD, top: int = 3) -> list[EvidencePicture]:
-    """One JPEG per chosen segment (its best text): the `top` best segments and the peak segment of
+    """One JPEG per chosen segment (its best text): the `top` best segments and the best segment of
     every span at or above `threshold`, each with the text, score and reason written under it."""
     import cv2
 
@@ -173,9 +175,12 @@ def write_evidence(document: dict[str, Any], keeper: EvidenceKeeper, folder: Pat
     for segment in sorted(document["segments"], key=lambda s: s["score"], reverse=True)[:top]:
         chosen[segment["index"]] = "top"
     for span in spans_above(list(document.get("frame_scores") or []), threshold):
-        peak = next((s for s in document["segments"] if s["start_frame"] <= span.peak_frame < s["end_frame"]), None)
-        if peak is not None:
-            chosen[peak["index"]] = "event"
+        # The event's picture: its best segment whose images were kept (smoothing can put the span's
+        # peak frame in a neighbour of the segment that made it).
+        inside = [s for s in document["segments"] if s["start_frame"] < span.end and s["end_frame"] > span.start]
+        kept = [s for s in inside if s["index"] in keeper.kept]
+        if kept:
+            chosen[max(kept, key=lambda s: s["score"])["index"]] = "event"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for index, kind in sorted(chosen.items()):

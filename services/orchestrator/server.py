@@ -192,6 +192,10 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
         log.info("running the jobs and monitors of the data dir")
 
     async def start() -> None:  # channels belong to the running event loop
+        if settings.http_port and settings.tls_cert:
+            raise StartupError("--http-port: the console calls the orchestrator in plaintext, so it is not offered "
+                               "with --tls-cert; serve it from an orchestrator without TLS on 127.0.0.1 behind your "
+                               "own HTTPS proxy, or leave --http-port unset")
         if settings.auth_tokens_file:
             tokens.append(TokenFile(settings.auth_tokens_file, certificates_verified=bool(settings.tls_client_ca)))
         elif not is_loopback_host(settings.host) and not settings.tls_client_ca:
@@ -219,13 +223,12 @@ def build_service(settings: OrchestratorSettings, detector: Detector | None = No
         def authorize_http(method: str, authorization: str) -> None:
             tokens[0].authorize(method, HttpCaller(authorization))
 
-        if settings.tls_cert:
-            raise StartupError("--http-port: the console calls the orchestrator in plaintext on 127.0.0.1, so it "
-                               "is not offered with --tls-cert; serve it from an orchestrator without TLS behind "
-                               "your own HTTPS proxy, or leave --http-port unset")
         roots = [Path(r.strip()).expanduser() for r in settings.media_roots.split(",") if r.strip()]
-        console = Console(settings.host, settings.http_port, f"127.0.0.1:{grpc_port[0]}", roots,
-                          authorize_http if settings.auth_tokens_file else None)
+        # The console calls this orchestrator's own gRPC port: on its host, or on loopback for a wildcard bind.
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        target = f"[{host}]:{grpc_port[0]}" if ":" in host else f"{host}:{grpc_port[0]}"
+        console = Console(settings.host, settings.http_port, target, roots,
+                          authorize_http if settings.auth_tokens_file else None, settings.max_message_mb)
         await console.start()
         consoles.append(console)
 

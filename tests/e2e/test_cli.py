@@ -73,8 +73,9 @@ def test_detect_writes_evidence_pictures_and_a_self_contained_report(tmp_path: P
     result = json.loads((tmp_path / "r.json").read_text())
     segments = result["segments"]
     chosen = {s["index"] for s in sorted(segments, key=lambda s: s["score"], reverse=True)[:3]}
-    for span in spans_above(result["frame_scores"], 0.7):
-        chosen |= {s["index"] for s in segments if s["start_frame"] <= span.peak_frame < s["end_frame"]}
+    for span in spans_above(result["frame_scores"], 0.7):  # each span's best segment (kept: >= 0.7 or top 5)
+        inside = [s for s in segments if s["start_frame"] < span.end and s["end_frame"] > span.start]
+        chosen.add(max(inside, key=lambda s: s["score"])["index"])
     pictures = sorted(evidence.glob("*.jpg"))
     assert [int(p.name.split("-")[1]) for p in pictures] == sorted(chosen)
     assert f"{len(chosen)} evidence pictures written to {evidence}" in done.stdout

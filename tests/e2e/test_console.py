@@ -105,8 +105,9 @@ def test_events_appear_live_and_open_their_evidence(console: str, browser: webdr
         assert post(console + "api/Monitors/DeleteMonitor", json.dumps({"monitor_id": monitor}).encode())[0] == 200
 
 
-def post(url: str, body: bytes, token: str = "") -> tuple[int, str]:
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+def post(url: str, body: bytes, token: str = "", **headers: str) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {}),
+               **{name.replace("_", "-"): value for name, value in headers.items()}}
     request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as answer:
@@ -131,7 +132,15 @@ def test_the_gateway_answers_scripts_too(console: str) -> None:
     assert status == 404 and "unary and server-streaming" in json.loads(text)["message"]
     status, text = post(console + "api/Monitors/ListMonitors", b"{}")
     assert status == 200 and json.loads(text) == {}
-    assert Path(VIDEO).exists()
+    # Other web pages cannot drive it through a browser: a form-style POST, a foreign Origin, a
+    # DNS-rebinding Host.
+    assert post(console + "api/Monitors/ListMonitors", b"{}", Content_Type="text/plain")[0] == 415
+    assert post(console + "api/Monitors/ListMonitors", b"{}", Origin="http://evil.example")[0] == 403
+    port = console.rsplit(":", 1)[1].strip("/")
+    status, text = post(console + "api/Monitors/ListMonitors", b"{}", Host=f"evil.example:{port}",
+                        Origin=f"http://evil.example:{port}")
+    assert status == 403 and "does not answer to 'evil.example" in json.loads(text)["message"]
+    assert post(console + "api/Monitors/ListMonitors", b"{}", Host=f"localhost:{port}")[0] == 200
 
 
 def test_the_console_is_behind_the_orchestrators_tokens(tmp_path: Path) -> None:
