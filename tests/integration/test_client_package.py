@@ -14,8 +14,16 @@ import pytest
 from prometheus_client import REGISTRY
 
 from anyanomaly import AnyAnomalyError, AsyncClient, Client, Detection, Segment, Summary
-from anyanomaly.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from anyanomaly.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from anyanomaly.v1 import events_pb2, orchestrator_pb2
+from services.common.auth import new_token, token_hash
 from services.common.errors import StartupError
 from services.common.images import decode_image
 from tests.conftest import Scripted, scripted_stack
@@ -200,3 +208,19 @@ async def test_include_images_brings_the_images_the_lvlm_judged(scripted: Script
         assert images.key_frame.data == frames[segment.scores["bicycle"].representative].read_bytes()
         for context in (images.position_context.data, images.temporal_context.data):
             assert decode_image(context).shape == (224, 224, 3)
+
+
+async def test_the_token_option_is_sent_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    token = new_token()
+    (tmp_path / "tokens").write_text(f"{token_hash(token)} detect,events,jobs script\n")
+    folder = frame_folder(tmp_path, 24)
+    async with scripted_stack(data_dir=str(tmp_path / "data"), auth_tokens_file=str(tmp_path / "tokens")) as stack:
+        async with AsyncClient(stack.address) as anonymous:
+            with pytest.raises(Unauthenticated) as refused:
+                await anonymous.detect_all(folder, ["bicycle"])
+            assert "needs a token" in refused.value.message and refused.value.reason == "UNAUTHENTICATED"
+        async with AsyncClient(stack.address, token=token) as client:
+            assert len((await client.detect_all(folder, ["bicycle"])).segments) == 1
+            with pytest.raises(PermissionDenied) as scope:
+                await client.list_monitors()
+            assert "needs the scope 'monitors'" in scope.value.message
