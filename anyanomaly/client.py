@@ -94,15 +94,19 @@ class Detection:
     summary: Summary
 
 
+def best_reason(score: orchestrator_pb2.TextSegmentScore) -> str:
+    """The reason of the stream with the highest score (the key frame's on ties, else any given)."""
+    streams = (score.frame, score.position, score.temporal)
+    best = max(streams, key=lambda s: s.score)
+    return best.reason or next((s.reason for s in streams if s.reason), "")
+
+
 def _segment(message: orchestrator_pb2.SegmentResult) -> Segment:
     scores = {}
     for score in message.scores:
-        streams = (score.frame, score.position, score.temporal)
-        best = max(streams, key=lambda s: s.score)
         scores[score.text] = TextScore(
             score.text, score.fused, score.frame.score, score.position.score, score.temporal.score,
-            best.reason or next((s.reason for s in streams if s.reason), ""), tuple(score.key_frames),
-            score.representative, score.screened_out)
+            best_reason(score), tuple(score.key_frames), score.representative, score.screened_out)
     return Segment(message.index, message.start_frame, message.end_frame, message.start_seconds,
                    message.end_seconds, message.score, message.gated, scores, message)
 
@@ -176,6 +180,28 @@ class AsyncClient:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 
+    async def _pages(self, method: Callable[..., Awaitable[Any]], request: Any, field: str) -> list[Any]:
+        """Every item of a paged List method, page after page."""
+        items: list[Any] = []
+        while True:
+            page = await self._unary(method, request)
+            items += list(getattr(page, field))
+            if not page.next_page_token:
+                return items
+            request.page_token = page.next_page_token
+
+    async def _typed(self, method: Callable[..., Any], request: Any, timeout: float | None
+                     ) -> AsyncGenerator[orchestrator_pb2.DetectStarted | Segment | Summary, None]:
+        """A stream of DetectUpdates as the start message, typed Segments and the Summary."""
+        async for update in self._stream(method, request, timeout):
+            kind = update.WhichOneof("update")
+            if kind == "started":
+                yield update.started
+            elif kind == "segment":
+                yield _segment(update.segment)
+            elif kind == "summary":
+                yield _summary(update.summary)
+
     async def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> AsyncIterator[Any]:
         call = method(request, timeout=timeout)
         try:
@@ -194,26 +220,22 @@ class AsyncClient:
         Summary. `settings`: DetectOptions fields (segment_length=24, scoring_mode="SCORE_MODE_FAST",
         ...), over `options`."""
         request = detect_request(source, texts, options, settings)
-        async for update in self._stream(self._detect.Detect, request, _detect_timeout(request)):
-            kind = update.WhichOneof("update")
-            if kind == "segment":
-                yield _segment(update.segment)
-            elif kind == "summary":
-                yield _summary(update.summary)
+        async for item in self._typed(self._detect.Detect, request, _detect_timeout(request)):
+            if not isinstance(item, orchestrator_pb2.DetectStarted):
+                yield item
 
     async def detect_all(self, source: str | Path | orchestrator_pb2.VideoSource, texts: Sequence[str],
                          options: orchestrator_pb2.DetectOptions | None = None, **settings: Any) -> Detection:
         """The whole detection at once."""
         request = detect_request(source, texts, options, settings)
         started, segments, summary = None, [], None
-        async for update in self._stream(self._detect.Detect, request, _detect_timeout(request)):
-            kind = update.WhichOneof("update")
-            if kind == "started":
-                started = update.started
-            elif kind == "segment":
-                segments.append(_segment(update.segment))
-            elif kind == "summary":
-                summary = _summary(update.summary)
+        async for item in self._typed(self._detect.Detect, request, _detect_timeout(request)):
+            if isinstance(item, Segment):
+                segments.append(item)
+            elif isinstance(item, Summary):
+                summary = item
+            else:
+                started = item
         if started is None or summary is None:
             raise RuntimeError("the detection stream ended before its summary")
         return Detection(tuple(started.texts), tuple(segments), summary)
@@ -226,13 +248,7 @@ class AsyncClient:
         return await self._unary(self._monitors.GetMonitor, monitors_pb2.GetMonitorRequest(monitor_id=monitor_id))
 
     async def list_monitors(self) -> list[monitors_pb2.Monitor]:
-        monitors, token = [], ""
-        while True:
-            page = await self._unary(self._monitors.ListMonitors, monitors_pb2.ListMonitorsRequest(page_token=token))
-            monitors += list(page.monitors)
-            token = page.next_page_token
-            if not token:
-                return monitors
+        return await self._pages(self._monitors.ListMonitors, monitors_pb2.ListMonitorsRequest(), "monitors")
 
     async def update_monitor(self, monitor_id: str, spec: monitors_pb2.MonitorSpec) -> monitors_pb2.Monitor:
         return await self._unary(self._monitors.UpdateMonitor,
@@ -288,13 +304,7 @@ class AsyncClient:
         return await self._unary(self._jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
 
     async def list_jobs(self) -> list[jobs_pb2.Job]:
-        jobs, token = [], ""
-        while True:
-            page = await self._unary(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(page_token=token))
-            jobs += list(page.jobs)
-            token = page.next_page_token
-            if not token:
-                return jobs
+        return await self._pages(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(), "jobs")
 
     async def cancel_job(self, job_id: str) -> jobs_pb2.Job:
         return await self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id))
@@ -302,12 +312,9 @@ class AsyncClient:
     async def watch_job(self, job_id: str, from_segment: int = 0) -> AsyncGenerator[Segment | Summary, None]:
         """The job's segments (from `from_segment`), then its summary once it is done."""
         request = jobs_pb2.WatchJobRequest(job_id=job_id, from_segment=from_segment)
-        async for update in self._stream(self._jobs.WatchJob, request, None):
-            kind = update.WhichOneof("update")
-            if kind == "segment":
-                yield _segment(update.segment)
-            elif kind == "summary":
-                yield _summary(update.summary)
+        async for item in self._typed(self._jobs.WatchJob, request, None):
+            if not isinstance(item, orchestrator_pb2.DetectStarted):
+                yield item
 
 
 class Client:

@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from anyanomaly.client import best_reason
 from anyanomaly.pictures import EvidenceKeeper
 from anyanomaly.v1 import common_pb2, context_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.clients import open_channel
@@ -47,13 +48,6 @@ def _model(info: common_pb2.ModelInfo) -> dict[str, Any]:
     if info.max_image_pixels:  # the LVLM: what every image was downscaled to, the default answer length
         model.update(max_image_pixels=info.max_image_pixels, max_tokens=info.max_tokens)
     return model
-
-
-def _reason(score: orchestrator_pb2.TextSegmentScore) -> str:
-    """The reason of the stream with the highest score (the key frame's on ties)."""
-    streams = [getattr(score, name) for name in STREAMS]
-    best = max(streams, key=lambda s: s.score)
-    return best.reason or next((s.reason for s in streams if s.reason), "")
 
 
 def _round(value: float) -> float:
@@ -105,7 +99,7 @@ class ResultBuilder:
         for s in segment.scores:
             scores[s.text] = {
                 "frame": _round(s.frame.score), "position": _round(s.position.score),
-                "temporal": _round(s.temporal.score), "fused": _round(s.fused), "reason": _reason(s),
+                "temporal": _round(s.temporal.score), "fused": _round(s.fused), "reason": best_reason(s),
                 "reasons": {name: getattr(s, name).reason for name in STREAMS},
             }
             if s.screened_out:

@@ -307,6 +307,12 @@ async def _detect(args: argparse.Namespace) -> int:
             raise UsageError(f"--threshold is a score, 0..1; got {args.threshold}")
         if (args.plot or args.report) and importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot and --report need matplotlib: pip install 'anyanomaly[eval]'")
+        folders = [args.evidence] + [path.parent for path in (args.plot, args.report) if path is not None]
+        for folder in (f for f in folders if f is not None):
+            try:  # a folder that cannot be written is said now, not after the detection
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UsageError(f"cannot write pictures to {folder}: {error.strerror or error}") from None
     tls = live_cli.client_tls(args) if args.address else None
     token = live_cli.client_token(args) if args.address else ""
     try:

@@ -130,6 +130,8 @@ def test_detect_flags_reach_the_pipeline_and_the_numbers_hold(tmp_path: Path) ->
         (["detect", "x.mp4", "-t", "car", "--lvlm-url", "http://gpu:8000/v1"], "--lvlm-url and --lvlm-model"),
         (["detect", str(avenue_clip("21")), "-t", "car", "--plot", "p.png", "--threshold", "2"],
          "--threshold is a score, 0..1"),
+        (["detect", str(avenue_clip("21")), "-t", "car", "--models", "tiny", "--evidence", "/proc/no/evidence"],
+         "cannot write pictures to /proc/no/evidence"),
     ],
 )
 def test_bad_command_lines_fail_with_one_clear_line(args: list[str], message: str) -> None:
